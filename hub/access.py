@@ -1,0 +1,64 @@
+"""The one place patient data is read from, and the permissions endpoints declare.
+
+Every API read of canonical records goes through `PatientData`, so that the audit trail
+(a later issue) has a single place to record who saw what. Endpoints declare the
+permission they need with `requires(...)`; until authentication lands, every caller is
+allowed and the declaration is recorded on the request for the audit hook.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from enum import StrEnum
+
+from fastapi import Request
+from sqlalchemy import Engine
+
+from hub.store.uow import Criterion, RecordRow, UnitOfWork
+
+log = logging.getLogger("hub.access")
+
+
+class Permission(StrEnum):
+    HEALTH = "health"
+    MESSAGE_SUBMIT = "message.submit"
+    PATIENT_READ = "patient.read"
+    PATIENT_WRITE = "patient.write"
+    ADMIN = "admin"
+
+
+def requires(permission: Permission) -> Callable[[Request], None]:
+    """FastAPI dependency: declares (and, once roles exist, enforces) what an endpoint needs."""
+
+    def check(request: Request) -> None:
+        request.state.permission = permission
+
+    check.permission = permission  # type: ignore[attr-defined]
+    return check
+
+
+AccessRecorder = Callable[[str, str, Sequence[str]], None]
+"""(permission, kind, record ids) → records an access; the audit trail plugs in here."""
+
+
+def _no_audit(permission: str, kind: str, ids: Sequence[str]) -> None:
+    return None
+
+
+class PatientData:
+    def __init__(self, engine: Engine, record_access: AccessRecorder = _no_audit) -> None:
+        self.engine = engine
+        self.record_access = record_access
+
+    def get(self, kind: str, record_id: str) -> RecordRow | None:
+        with UnitOfWork(self.engine) as uow:
+            row = uow.records.get(record_id, kind)
+        self.record_access(Permission.PATIENT_READ, kind, [record_id] if row else [])
+        return row
+
+    def search(self, kind: str, criteria: Sequence[Criterion], limit: int, offset: int) -> list[RecordRow]:
+        with UnitOfWork(self.engine) as uow:
+            rows = uow.records.search(kind, criteria, limit, offset)
+        self.record_access(Permission.PATIENT_READ, kind, [r.id for r in rows])
+        return rows

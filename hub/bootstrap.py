@@ -1,0 +1,92 @@
+"""The one place that wires settings, storage, the pipeline, the doors and the listeners."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+
+import uvicorn
+from sqlalchemy import Engine, text
+
+from adapters.inbound.hl7v2.service import Hl7v2Door
+from adapters.outbound.hl7v2.ack import AckMode
+from adapters.transport.mllp import MllpConfig, MllpServer
+from hub.access import PatientData
+from hub.intake import Intake
+from hub.settings import Settings
+from hub.store.engine import make_engine
+from hub.store.migrate import is_current, upgrade
+from hub.store.uow import UnitOfWork
+
+log = logging.getLogger("hub")
+
+
+@dataclass
+class Hub:
+    settings: Settings
+    engine: Engine
+    intake: Intake
+    http_door: Hl7v2Door
+    mllp_door: Hl7v2Door
+    patient_data: PatientData
+    mllp: MllpServer | None = None
+    _migrated: bool = field(default=False, repr=False)
+
+    def readiness(self) -> dict[str, str]:
+        checks = {"database": "ok", "migrations": "ok", "mllp": "ok"}
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            self._migrated = self._migrated or is_current(self.engine)
+            checks["migrations"] = "ok" if self._migrated else "pending"
+        except Exception as exc:  # noqa: BLE001 — report, do not raise
+            checks["database"] = f"unreachable ({type(exc).__name__})"
+            checks["migrations"] = "unknown"
+        checks["mllp"] = "ok" if self.mllp is not None and self.mllp.serving else "down"
+        return checks
+
+
+def build(settings: Settings) -> Hub:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.database)
+    intake = Intake(partial(UnitOfWork, engine))
+    mode = AckMode(settings.mllp_ack_mode)
+    return Hub(
+        settings=settings,
+        engine=engine,
+        intake=intake,
+        http_door=Hl7v2Door(intake.accept, feed="http"),
+        mllp_door=Hl7v2Door(intake.accept, feed="mllp", mode=mode),
+        patient_data=PatientData(engine),
+    )
+
+
+async def serve(hub: Hub, started: asyncio.Event | None = None) -> None:
+    """Run the HTTP API and the MLLP listener until SIGINT/SIGTERM."""
+    from hub.api.app import create_app
+
+    settings = hub.settings
+    upgrade(hub.engine)
+    await hub.intake.start()
+    hub.mllp = MllpServer(
+        MllpConfig(settings.mllp_host, settings.mllp_port, settings.mllp_max_frame_bytes, settings.mllp_idle_timeout),
+        hub.mllp_door.on_frame,
+        hub.mllp_door.on_oversize,
+    )
+    await hub.mllp.start()
+    config = uvicorn.Config(
+        create_app(hub), host=settings.http_host, port=settings.http_port, log_level=settings.log_level.lower(),
+        access_log=False, lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    log.info("MLLP on %s:%d, HTTP on %s:%d", settings.mllp_host, hub.mllp.port, settings.http_host, settings.http_port)
+    if started is not None:
+        started.set()
+    try:
+        await server.serve()
+    finally:
+        await hub.mllp.stop()
+        await hub.intake.stop()
+        hub.engine.dispose()

@@ -1,0 +1,116 @@
+"""`hub` command line: serve, db upgrade, ingest (file drop), send (an MLLP client)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from hub.settings import Settings
+
+
+def _settings(**overrides: object) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+@click.group()
+def main() -> None:
+    """HL7 v2 / FHIR / CSV integration hub."""
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), help="HUB_DATA_DIR")
+@click.option("--database-url", help="HUB_DATABASE_URL")
+@click.option("--http-host", help="HUB_HTTP_HOST")
+@click.option("--http-port", type=int, help="HUB_HTTP_PORT")
+@click.option("--mllp-host", help="HUB_MLLP_HOST")
+@click.option("--mllp-port", type=int, help="HUB_MLLP_PORT")
+@click.option("--mllp-ack-mode", type=click.Choice(["original", "enhanced"]), help="HUB_MLLP_ACK_MODE")
+@click.option("--redis-url", help="HUB_REDIS_URL")
+@click.option("--routes", type=click.Path(path_type=Path), help="HUB_ROUTES")
+def serve(**options: object) -> None:
+    """Run the HTTP API and the MLLP listener (applies database migrations first)."""
+    from hub.bootstrap import build, serve as run
+
+    settings = _settings(**options)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run(build(settings)))
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--database-url", help="HUB_DATABASE_URL")
+def db_upgrade(database_url: str | None) -> None:
+    """Apply all pending migrations."""
+    from hub.store.engine import make_engine
+    from hub.store.migrate import upgrade
+
+    settings = _settings(database_url=database_url)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(make_engine(settings.database))
+    click.echo("database is at the latest schema")
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--database-url", help="HUB_DATABASE_URL")
+def ingest(files: tuple[Path, ...], database_url: str | None) -> None:
+    """Ingest HL7 v2 files (one message, several, or FHS/BHS batches) through the pipeline."""
+    from hub.bootstrap import build
+    from hub.store.migrate import upgrade
+
+    hub = build(_settings(database_url=database_url))
+    upgrade(hub.engine)
+    counts: dict[str, int] = {}
+
+    async def run() -> None:
+        await hub.intake.start()
+        try:
+            for path in files:
+                for answer in await hub.http_door.with_feed("file").answer_all(path.read_bytes()):
+                    counts[answer.code] = counts.get(answer.code, 0) + 1
+                    click.echo(f"{path.name}: {answer.code}")
+        finally:
+            await hub.intake.stop()
+
+    asyncio.run(run())
+    click.echo(" ".join(f"{code}={n}" for code, n in sorted(counts.items())), err=True)
+    sys.exit(0 if set(counts) <= {"AA"} else 1)
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=2575, show_default=True, type=int)
+@click.option("--timeout", default=30.0, show_default=True, type=float)
+def send(files: tuple[Path, ...], host: str, port: int, timeout: float) -> None:
+    """Send HL7 v2 files over MLLP and print each ACK code (MSA-1)."""
+    from adapters.inbound.hl7v2.service import split_batch
+    from adapters.transport.mllp import MllpClient
+
+    async def run() -> bool:
+        ok = True
+        async with MllpClient(host, port, timeout) as client:
+            for path in files:
+                for message in split_batch(path.read_bytes()):
+                    ack = await client.send(message.replace(b"\r\n", b"\r").replace(b"\n", b"\r"))
+                    code = _ack_code(ack)
+                    ok &= code in ("AA", "CA")
+                    click.echo(f"{path.name}: {code}")
+        return ok
+
+    sys.exit(0 if asyncio.run(run()) else 1)
+
+
+def _ack_code(ack: bytes) -> str:
+    for segment in ack.replace(b"\n", b"\r").split(b"\r"):
+        if segment.startswith(b"MSA"):
+            return segment[4:6].decode("ascii", errors="replace")
+    return "??"

@@ -1,0 +1,33 @@
+"""Configuration from the environment (`HUB_*`), overridable by `hub serve` flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HUB_", extra="ignore")
+
+    data_dir: Path = Path("./var")
+    database_url: str | None = None
+    """Default: SQLite file `hub.db` in the data directory."""
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    mllp_host: str = "127.0.0.1"
+    mllp_port: int = 2575
+    mllp_max_frame_bytes: int = 16 * 1024 * 1024
+    mllp_idle_timeout: float = 300.0
+    mllp_ack_mode: str = "original"
+    """`original` (AA/AE/AR always) or `enhanced` (honour MSH-15/16 with CA/CE/CR)."""
+    redis_url: str | None = None
+    """Unset: the embedded in-process queue."""
+    routes: Path = Path("mappings/routes.yaml")
+    log_level: str = "INFO"
+
+    @property
+    def database(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'hub.db').resolve()}"

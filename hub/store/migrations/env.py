@@ -1,0 +1,11 @@
+"""Alembic environment: the engine comes from `hub.store.migrate`, never from an ini file."""
+
+from alembic import context
+
+from hub.store.tables import metadata
+
+engine = context.config.attributes["engine"]
+with engine.begin() as connection:
+    context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
