@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -32,6 +36,7 @@ class Hub:
     mllp_door: Hl7v2Door
     patient_data: PatientData
     mllp: MllpServer | None = None
+    http_server: uvicorn.Server | None = None
     _migrated: bool = field(default=False, repr=False)
 
     def readiness(self) -> dict[str, str]:
@@ -46,6 +51,22 @@ class Hub:
             checks["migrations"] = "unknown"
         checks["mllp"] = "ok" if self.mllp is not None and self.mllp.serving else "down"
         return checks
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after its own shutdown, which would skip ours: we handle signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _stop_on_signals(server: uvicorn.Server) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return  # embedded (tests): the owner sets should_exit
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
 
 
 def build(settings: Settings) -> Hub:
@@ -80,7 +101,8 @@ async def serve(hub: Hub, started: asyncio.Event | None = None) -> None:
         create_app(hub), host=settings.http_host, port=settings.http_port, log_level=settings.log_level.lower(),
         access_log=False, lifespan="off",
     )
-    server = uvicorn.Server(config)
+    server = hub.http_server = _Server(config)
+    _stop_on_signals(server)
     log.info("MLLP on %s:%d, HTTP on %s:%d", settings.mllp_host, hub.mllp.port, settings.http_host, settings.http_port)
     if started is not None:
         started.set()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, insert, select, update
+from sqlalchemy import Connection, Engine, Table, and_, delete, insert, select, update
 
 from hub.messages import InboundMessage, Problem, Status
 from hub.store.tables import messages, record_index, record_versions, records
@@ -66,7 +66,7 @@ class MessageRepository:
         state = "pending" if inbound.status is Status.ACCEPTED and duplicate_of is None else "none"
         return self.conn.execute(
             insert(messages).returning(messages.c.id),
-            {
+            _fit(messages, {
                 "received_at": received_at,
                 "feed": inbound.feed,
                 "format": inbound.format,
@@ -79,7 +79,7 @@ class MessageRepository:
                 "duplicate_of": duplicate_of,
                 "state": state,
                 "raw": inbound.raw,
-            },
+            }),
         ).scalar_one()
 
     def mark(self, message_id: int, state: str, error: str | None = None) -> None:
@@ -170,6 +170,15 @@ _COMPARE = {
     "eq": lambda c, v: c == v, "lt": lambda c, v: c < v, "le": lambda c, v: c <= v,
     "gt": lambda c, v: c > v, "ge": lambda c, v: c >= v,
 }
+
+
+def _fit(table: Table, values: dict[str, Any]) -> dict[str, Any]:
+    """Clip strings to their column's width: senders do send 5 KB control ids, and PostgreSQL refuses them."""
+    for name, value in values.items():
+        length = getattr(table.c[name].type, "length", None)
+        if length and isinstance(value, str) and len(value) > length:
+            values[name] = value[:length]
+    return values
 
 
 def _columns(row: RecordRow) -> dict[str, Any]:

@@ -160,6 +160,8 @@ def decode_frame(raw: bytes) -> Er7Message:
         # Declared (or defaulted) charset does not fit the bytes: senders that say nothing
         # and send Latin-1 are common. Latin-1 maps every byte, so nothing is lost.
         text, charset, fallback = raw.decode("latin-1"), "latin-1", True
+    if "\x00" in text:
+        text = text.replace("\x00", "")  # never valid in HL7 text, refused by PostgreSQL; raw bytes keep it
     segments = [Segment(line, delims, charset) for line in split_segments(text)]
     return Er7Message(segments, delims, charset, fallback)
 

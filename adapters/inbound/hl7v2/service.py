@@ -49,7 +49,11 @@ class Hl7v2Door:
         """A frame over the size limit: stored as its first bytes, rejected with AR."""
         read = read_frame(head, self.feed)
         problem = Problem("100", "the frame exceeds the listener's maximum frame size", "MSH")
-        inbound = InboundMessage(head, self.feed, "hl7v2", Status.REJECTED, [problem], sender=read.inbound.sender)
+        seen = read.inbound
+        inbound = InboundMessage(
+            head, self.feed, "hl7v2", Status.REJECTED, [problem],
+            sender=seen.sender, control_id=seen.control_id, message_type=seen.message_type,
+        )
         outcome = await self.accept(inbound)
         return _answer(Hl7Frame(read.message, inbound), outcome, AckMode.ORIGINAL).encoded()
 
