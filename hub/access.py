@@ -47,17 +47,25 @@ def _no_audit(permission: str, kind: str, ids: Sequence[str]) -> None:
 
 
 class PatientData:
-    def __init__(self, engine: Engine, record_access: AccessRecorder = _no_audit) -> None:
+    def __init__(
+        self, engine: Engine, record_access: AccessRecorder = _no_audit, before_read: Callable[[], object] | None = None
+    ) -> None:
         self.engine = engine
         self.record_access = record_access
+        self.before_read = before_read
+        """Read-your-writes: waits until messages already acknowledged have been processed."""
 
     def get(self, kind: str, record_id: str) -> RecordRow | None:
+        if self.before_read:
+            self.before_read()
         with UnitOfWork(self.engine) as uow:
             row = uow.records.get(record_id, kind)
         self.record_access(Permission.PATIENT_READ, kind, [record_id] if row else [])
         return row
 
     def search(self, kind: str, criteria: Sequence[Criterion], limit: int, offset: int) -> list[RecordRow]:
+        if self.before_read:
+            self.before_read()
         with UnitOfWork(self.engine) as uow:
             rows = uow.records.search(kind, criteria, limit, offset)
         self.record_access(Permission.PATIENT_READ, kind, [r.id for r in rows])

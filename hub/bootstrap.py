@@ -14,6 +14,7 @@ from functools import partial
 import uvicorn
 from sqlalchemy import Engine, text
 
+from adapters.inbound.hl7v2.reader import read_message
 from adapters.inbound.hl7v2.service import Hl7v2Door
 from adapters.outbound.hl7v2.ack import AckMode
 from adapters.transport.mllp import MllpConfig, MllpServer
@@ -72,7 +73,7 @@ def _stop_on_signals(server: uvicorn.Server) -> None:
 def build(settings: Settings) -> Hub:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.database)
-    intake = Intake(partial(UnitOfWork, engine))
+    intake = Intake(partial(UnitOfWork, engine), readers={"hl7v2": read_message})
     mode = AckMode(settings.mllp_ack_mode)
     return Hub(
         settings=settings,
@@ -80,7 +81,7 @@ def build(settings: Settings) -> Hub:
         intake=intake,
         http_door=Hl7v2Door(intake.accept, feed="http"),
         mllp_door=Hl7v2Door(intake.accept, feed="mllp", mode=mode),
-        patient_data=PatientData(engine),
+        patient_data=PatientData(engine, before_read=intake.wait_processed),
     )
 
 

@@ -77,6 +77,7 @@ def ingest(files: tuple[Path, ...], database_url: str | None) -> None:
                 for answer in await hub.http_door.with_feed("file").answer_all(path.read_bytes()):
                     counts[answer.code] = counts.get(answer.code, 0) + 1
                     click.echo(f"{path.name}: {answer.code}")
+            await hub.intake.drain()
         finally:
             await hub.intake.stop()
 

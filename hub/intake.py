@@ -1,18 +1,26 @@
-"""Group commit: many concurrent senders, one writer, one disk flush per batch.
+"""Group commit and background processing on one writer.
 
-Each listener awaits `Intake.accept(message)`; a single task drains whatever arrived
-while the previous batch was committing and hands it to `accept_batch` on one writer
-thread. Nobody is answered before their batch is committed.
+Listeners await `Intake.accept(message)`. One task drains whatever arrived while the previous
+batch was committing and stores it in one transaction (one disk flush), then answers every
+sender in it. When no sender is waiting, the same task processes stored messages (map, and
+later match and route) in acceptance order. Under a burst, storing goes first, so the ACK
+path stays fast; processing catches up as soon as there is a pause, or takes turns with
+storing once the backlog passes `max_backlog`.
+
+`wait_processed` gives readers read-your-writes: a FHIR read waits (briefly) until everything
+acknowledged before it began has been processed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from hub.messages import InboundMessage, Outcome
-from hub.pipeline import UowFactory, accept_batch
+from hub.pipeline import Reader, UowFactory, process_pending, store_batch
 
 log = logging.getLogger("hub.intake")
 
@@ -20,11 +28,20 @@ MAX_BATCH = 500
 
 
 class Intake:
-    def __init__(self, uow_factory: UowFactory) -> None:
+    def __init__(
+        self, uow_factory: UowFactory, readers: Mapping[str, Reader], *, process_batch: int = 200, max_backlog: int = 5000
+    ) -> None:
         self._uow_factory = uow_factory
+        self._readers = readers
+        self._process_batch = process_batch
+        self._max_backlog = max_backlog
         self._queue: asyncio.Queue[tuple[InboundMessage, asyncio.Future[Outcome]]] = asyncio.Queue()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-writer")
         self._task: asyncio.Task[None] | None = None
+        self._watermark = threading.Condition()
+        self._stored_upto = 0
+        self._processed_upto = 0
+        self._work_to_do = True  # messages left pending by an earlier run are processed first
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="hub-intake")
@@ -40,18 +57,55 @@ class Intake:
         await self._queue.put((message, future))
         return await future
 
-    def accept_now(self, batch: list[InboundMessage]) -> list[Outcome]:
-        """Synchronous path for CLI ingestion (no event loop)."""
-        return accept_batch(self._uow_factory, batch)
+    async def drain(self) -> None:
+        """Wait until everything stored so far has been processed (CLI ingestion, tests)."""
+        while not await asyncio.to_thread(self.wait_processed, 1.0):
+            pass
+
+    @property
+    def backlog(self) -> int:
+        return max(0, self._stored_upto - self._processed_upto)
+
+    def wait_processed(self, timeout: float = 5.0) -> bool:
+        """Block until every message stored so far is processed (or the timeout passes)."""
+        with self._watermark:
+            target = self._stored_upto
+            return self._watermark.wait_for(lambda: self._processed_upto >= target, timeout)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            if self._queue.empty() and self._work_to_do:
+                await self._process(loop)
+                continue
             items = [await self._queue.get()]
             while len(items) < MAX_BATCH and not self._queue.empty():
                 items.append(self._queue.get_nowait())
-            batch = [message for message, _ in items]
-            outcomes = await loop.run_in_executor(self._writer, accept_batch, self._uow_factory, batch)
+            outcomes = await loop.run_in_executor(self._writer, store_batch, self._uow_factory, [m for m, _ in items])
+            stored = [o.message_id for o in outcomes if o.message_id is not None]
+            if stored:
+                with self._watermark:
+                    self._stored_upto = max(self._stored_upto, *stored)
+                self._work_to_do = True
             for (_, future), outcome in zip(items, outcomes, strict=True):
                 if not future.done():
                     future.set_result(outcome)
+            if self.backlog > self._max_backlog:
+                await self._process(loop)
+
+    async def _process(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            last = await loop.run_in_executor(
+                self._writer, process_pending, self._uow_factory, self._readers, self._process_batch
+            )
+        except Exception as exc:  # noqa: BLE001 — never let the intake task die
+            log.error("processing failed (%s)", type(exc).__name__)
+            await asyncio.sleep(1)
+            return
+        with self._watermark:
+            if last is None:
+                self._work_to_do = False
+                self._processed_upto = max(self._processed_upto, self._stored_upto)
+            else:
+                self._processed_upto = max(self._processed_upto, last)
+            self._watermark.notify_all()

@@ -1,151 +1,236 @@
 """The one pipeline every feed goes through: accept (store) → map → match → route.
 
-Handlers are small functions over a unit of work. `accept_batch` is the group commit:
-the frames that arrived together are stored, and processed, in one transaction, and
-only after that commit does any of them get its answer.
+Two stages, each a small handler over a unit of work:
+- `store_batch` (the hot path): the messages that arrived together are committed in one
+  transaction (group commit), and only then does any of them get its answer.
+- `process_pending`: accepted messages, in the order they were accepted, are read again from
+  their stored bytes and mapped to canonical records (later: matched and routed), many per
+  transaction. A crash between the stages loses nothing: pending rows are simply processed later.
+
+Records are gathered in memory (`RecordSet`) and written with one statement per table.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from hub.messages import InboundMessage, Outcome, Status
+from hub.messages import InboundMessage, Outcome, Problem, Status
 from hub.model import Canonical, Patient, PatientEvent, source_identifier
 from hub.records import merge_patient, patient_index
-from hub.store.uow import RecordRow, StoredOutcome, UnitOfWork, utcnow
+from hub.store.uow import NewMessage, RecordChanges, RecordRepository, RecordRow, SourceKey, UnitOfWork, utcnow
 
 log = logging.getLogger("hub.pipeline")
 
 UowFactory = Callable[[], UnitOfWork]
+Reader = Callable[[bytes, str], InboundMessage]
+"""An inbound adapter's full read (bytes, feed) → message with its canonical event."""
+
+PROCESSING_LOCK = "hub.pipeline.process"
 
 
-def accept_batch(uow_factory: UowFactory, batch: Sequence[InboundMessage]) -> list[Outcome]:
-    """Store (and process) a batch; never raises. A message that could not be stored says so."""
+def store_batch(uow_factory: UowFactory, batch: Sequence[InboundMessage]) -> list[Outcome]:
+    """Store a batch; never raises. A message that could not be stored says so (and gets no AA)."""
     try:
-        return _accept(uow_factory, batch, process=True)
+        return _store(uow_factory, batch)
     except Exception as exc:  # noqa: BLE001 — isolate the message that fails, below
-        if len(batch) > 1:
-            log.warning("batch of %d failed (%s); retrying one by one", len(batch), type(exc).__name__)
+        # Only the class: database error messages can quote the values (patient data).
+        log.warning("storing a batch of %d failed (%s); retrying one by one", len(batch), type(exc).__name__)
     outcomes = []
     for inbound in batch:
-        outcomes.append(_accept_alone(uow_factory, inbound))
+        try:
+            outcomes += _store(uow_factory, [inbound])
+        except Exception as exc:  # noqa: BLE001
+            log.error("message could not be stored (%s)", type(exc).__name__)
+            outcomes.append(Outcome(None, inbound.status, tuple(inbound.problems), stored=False))
     return outcomes
 
 
-def _accept_alone(uow_factory: UowFactory, inbound: InboundMessage) -> Outcome:
-    try:
-        return _accept(uow_factory, [inbound], process=True)[0]
-    except Exception as exc:  # noqa: BLE001
-        # Processing failed: keep the bytes (state "failed"), say nothing of the content in the log.
-        log.error("processing failed (%s); storing the message for reprocessing", type(exc).__name__)
-        error = type(exc).__name__
-    try:
-        return _accept(uow_factory, [inbound], process=False, failure=error)[0]
-    except Exception as exc:  # noqa: BLE001
-        log.error("message could not be stored (%s)", type(exc).__name__)
-        return Outcome(None, inbound.status, tuple(inbound.problems), stored=False)
-
-
-def _accept(
-    uow_factory: UowFactory, batch: Sequence[InboundMessage], *, process: bool, failure: str | None = None
-) -> list[Outcome]:
+def _store(uow_factory: UowFactory, batch: Sequence[InboundMessage]) -> list[Outcome]:
     received_at = utcnow()
-    outcomes: list[Outcome] = []
     with uow_factory() as uow:
         known = uow.messages.outcomes_for([k for m in batch if (k := m.dedupe_key)])
-        for inbound in batch:
+        first_of_key: dict[str, int] = {}
+        originals: list[int] = []
+        duplicates: list[int] = []
+        for i, inbound in enumerate(batch):
             key = inbound.dedupe_key
-            original = known.get(key) if key else None
-            if original is not None:
-                message_id = uow.messages.add(inbound, dedupe=False, duplicate_of=original.message_id, received_at=received_at)
-                outcomes.append(Outcome(message_id, original.status, original.problems, duplicate_of=original.message_id))
-                continue
-            message_id = uow.messages.add(inbound, dedupe=True, duplicate_of=None, received_at=received_at)
-            if key:
-                known[key] = StoredOutcome(message_id, inbound.status, tuple(inbound.problems))
-            if inbound.status is Status.ACCEPTED and inbound.event is not None:
-                if process:
-                    process_event(uow, message_id, inbound.feed, inbound.event, received_at)
-                    uow.messages.mark(message_id, "processed")
-                elif failure:
-                    uow.messages.mark(message_id, "failed", failure)
-            outcomes.append(Outcome(message_id, inbound.status, tuple(inbound.problems)))
+            if key and (key in known or key in first_of_key):
+                duplicates.append(i)
+            else:
+                originals.append(i)
+                if key:
+                    first_of_key[key] = i
+        ids = uow.messages.add_many(
+            [NewMessage(batch[i], "pending" if batch[i].status is Status.ACCEPTED else "none") for i in originals],
+            received_at,
+        )
+        id_of = dict(zip(originals, ids, strict=True))
+
+        def original(i: int) -> tuple[int, Status, tuple[Problem, ...]]:
+            key = batch[i].dedupe_key
+            assert key is not None
+            if key in known:
+                return known[key].message_id, known[key].status, known[key].problems
+            first = first_of_key[key]
+            return id_of[first], batch[first].status, tuple(batch[first].problems)
+
+        dup_ids = uow.messages.add_many(
+            [NewMessage(batch[i], "none", duplicate_of=original(i)[0]) for i in duplicates], received_at
+        )
         uow.commit()
-    return outcomes
+    outcomes: dict[int, Outcome] = {i: Outcome(id_of[i], batch[i].status, tuple(batch[i].problems)) for i in originals}
+    for i, message_id in zip(duplicates, dup_ids, strict=True):
+        first_id, status, problems = original(i)
+        outcomes[i] = Outcome(message_id, status, problems, duplicate_of=first_id)
+    return [outcomes[i] for i in range(len(batch))]
 
 
-def process_event(uow: UnitOfWork, message_id: int, feed: str, event: PatientEvent, at: datetime) -> str | None:
-    """Map: write the event's canonical records. Returns the patient record id."""
-    if event.patient is None:
-        return None
-    patient_id = upsert_patient(uow, event.patient, event.cleared, feed, message_id, at)
-    context = _Context(uow, patient_id, feed, message_id, at)
-    if event.encounter is not None:
-        visit = event.encounter.visit_number
-        key = (visit.system or "", visit.value) if visit else (patient_id, f"encounter|message:{message_id}")
-        context.save("encounter", key, event.encounter)
-    for n, order in enumerate(event.orders):
-        number = order.placer_number or order.filler_number
-        context.save("order", (patient_id, f"order|{number}" if number else f"order|message:{message_id}:{n}"), order)
-    for n, obs in enumerate(event.observations):
-        group = obs.order_filler_number or obs.order_placer_number or f"message:{message_id}"
-        context.save("observation", (patient_id, f"obs|{group}|{obs.code.code}|{n}"), obs)
-    for n, charge in enumerate(event.charges):
-        ident = charge.transaction_id or f"message:{message_id}:{n}"
-        context.save("charge", (patient_id, f"charge|{ident}"), charge)
-    if event.appointment is not None:
-        ident = event.appointment.filler_id or event.appointment.placer_id or f"message:{message_id}"
-        context.save("appointment", (patient_id, f"appointment|{ident}"), event.appointment)
-    return patient_id
+def process_pending(uow_factory: UowFactory, readers: Mapping[str, Reader], limit: int = 200) -> int | None:
+    """Process up to `limit` pending messages in acceptance order. Returns the highest message id
+    processed (None when there was nothing to do or another process holds the processing lock)."""
+    try:
+        with uow_factory() as uow:
+            if not uow.try_lock(PROCESSING_LOCK):
+                return None
+            pending = uow.messages.pending(limit)
+            if not pending:
+                return None
+            items = [(m.id, readers[m.format](m.raw, m.feed)) for m in pending]
+            process_events(uow, [(i, m) for i, m in items if m.event is not None])
+            uow.messages.mark([m.id for m in pending], "processed")
+            uow.commit()
+            return pending[-1].id
+    except Exception as exc:  # noqa: BLE001
+        log.warning("processing a batch failed (%s); isolating the message that fails", type(exc).__name__)
+    return _process_one_by_one(uow_factory, readers, limit)
 
 
-def upsert_patient(
-    uow: UnitOfWork, patient: Patient, cleared: list[str], feed: str, message_id: int, at: datetime
-) -> str:
+def _process_one_by_one(uow_factory: UowFactory, readers: Mapping[str, Reader], limit: int) -> int | None:
+    """Slow path after a failed batch: each message in its own transaction; a failing one is marked."""
+    last = None
+    for _ in range(limit):
+        with uow_factory() as uow:
+            pending = uow.messages.pending(1)
+            if not pending:
+                break
+            message = pending[0]
+            try:
+                inbound = readers[message.format](message.raw, message.feed)
+                if inbound.event is not None:
+                    process_events(uow, [(message.id, inbound)])
+                uow.messages.mark([message.id], "processed")
+                uow.commit()
+            except Exception as exc:  # noqa: BLE001
+                log.error("processing message %d failed (%s); marked failed", message.id, type(exc).__name__)
+                uow.tx.rollback()
+                with uow_factory() as failed:
+                    failed.messages.mark([message.id], "failed", type(exc).__name__)
+                    failed.commit()
+        last = message.id
+    return last
+
+
+def process_events(uow: UnitOfWork, items: Sequence[tuple[int, InboundMessage]]) -> None:
+    """Map: the canonical records of every event in the batch, written in bulk."""
+    keys = [key for message_id, inbound in items for key, _ in event_records(inbound.event, message_id)]  # type: ignore[arg-type]
+    record_set = RecordSet(uow.records, keys)
+    at = utcnow()
+    for message_id, inbound in items:
+        assert inbound.event is not None
+        record_set.apply(inbound.event, inbound.feed, message_id, at)
+    uow.records.write(record_set.changes())
+
+
+def patient_key(patient: Patient) -> SourceKey:
     source = source_identifier(patient)
     if source is None:
         raise ValueError("patient without identifier")  # adapters reject these first
-    system, value = source.system or "", source.value
-    existing = uow.records.by_source("patient", system, value)
-    if existing is None:
-        row = RecordRow(
-            id=str(uuid.uuid4()), kind="patient", source_system=system, source_value=value, patient_id=None,
-            version=1, active=patient.active, data=_json(patient), feed=feed, message_id=message_id, updated_at=at,
+    return ("patient", source.system or "", source.value)
+
+
+def event_records(event: PatientEvent, message_id: int) -> Iterator[tuple[SourceKey, Canonical]]:
+    """Every record an event carries, with the source key that names it.
+
+    Records other than the patient are scoped by the patient's own source key, so all keys
+    are known before anything is looked up (one query for the whole batch).
+    """
+    if event.patient is None:
+        return
+    key = patient_key(event.patient)
+    yield key, event.patient
+    scope = f"{key[1]}|{key[2]}"
+    if event.encounter is not None:
+        visit = event.encounter.visit_number
+        yield ("encounter", visit.system or "", visit.value) if visit else ("encounter", scope, f"message:{message_id}"), event.encounter
+    for n, order in enumerate(event.orders):
+        number = order.placer_number or order.filler_number or f"message:{message_id}:{n}"
+        yield ("order", scope, number), order
+    for n, obs in enumerate(event.observations):
+        group = obs.order_filler_number or obs.order_placer_number or f"message:{message_id}"
+        yield ("observation", scope, f"{group}|{obs.code.code or obs.code.display}|{n}"), obs
+    for n, charge in enumerate(event.charges):
+        yield ("charge", scope, charge.transaction_id or f"message:{message_id}:{n}"), charge
+    if event.appointment is not None:
+        appointment = event.appointment
+        yield ("appointment", scope, appointment.filler_id or appointment.placer_id or f"message:{message_id}"), appointment
+
+
+class RecordSet:
+    """The records a batch touches, in memory: later messages in the batch see earlier ones' changes."""
+
+    def __init__(self, repository: RecordRepository, keys: Sequence[SourceKey]) -> None:
+        self.rows = repository.by_sources(set(keys))
+        self._inserted: dict[str, RecordRow] = {}
+        self._updated: dict[str, RecordRow] = {}
+        self._superseded: list[dict[str, Any]] = []
+        self._index: dict[str, list[tuple[str, str]]] = {}
+
+    def apply(self, event: PatientEvent, feed: str, message_id: int, at: datetime) -> None:
+        patient_id = ""
+        for key, record in event_records(event, message_id):
+            if isinstance(record, Patient):
+                row = self.rows.get(key)
+                if row is not None:
+                    record = merge_patient(Patient.model_validate(row.data), record, event.cleared)
+                patient_id = self.put(key, record, None, feed, message_id, at).id
+                self._index[patient_id] = list(patient_index(record))
+            else:
+                self.put(key, record, patient_id, feed, message_id, at)
+
+    def put(
+        self, key: SourceKey, record: Canonical, patient_id: str | None, feed: str, message_id: int, at: datetime
+    ) -> RecordRow:
+        data = record.model_dump(mode="json", exclude_none=True)
+        active = getattr(record, "active", True)
+        row = self.rows.get(key)
+        if row is None:
+            row = RecordRow(str(uuid.uuid4()), key[0], key[1], key[2], patient_id, 1, active, data, feed, message_id, at)
+            self.rows[key] = self._inserted[row.id] = row
+            return row
+        self._superseded.append({
+            "record_id": row.id, "version": row.version, "data": row.data,
+            "message_id": row.message_id, "recorded_at": row.updated_at,
+        })
+        row.data, row.version, row.active, row.patient_id = data, row.version + 1, active, patient_id or row.patient_id
+        row.feed, row.message_id, row.updated_at = feed, message_id, at
+        if row.id not in self._inserted:
+            self._updated[row.id] = row
+        return row
+
+    def changes(self) -> RecordChanges:
+        return RecordChanges(
+            inserted=list(self._inserted.values()),
+            updated=list(self._updated.values()),
+            superseded=self._superseded,
+            reindexed={i for i in self._index if i in self._updated},
+            index=[
+                {"record_id": record_id, "kind": "patient", "param": param, "value": value[:300]}
+                for record_id, entries in self._index.items()
+                for param, value in sorted(set(entries))
+                if value
+            ],
         )
-        uow.records.insert(row, patient_index(patient))
-        return row.id
-    merged = merge_patient(Patient.model_validate(existing.data), patient, cleared)
-    existing.data, existing.version = _json(merged), existing.version + 1
-    existing.feed, existing.message_id, existing.updated_at, existing.active = feed, message_id, at, merged.active
-    uow.records.update(existing, patient_index(merged))
-    return existing.id
-
-
-class _Context:
-    """Saves the records one event carries, all attached to its patient."""
-
-    def __init__(self, uow: UnitOfWork, patient_id: str, feed: str, message_id: int, at: datetime) -> None:
-        self.uow, self.patient_id, self.feed, self.message_id, self.at = uow, patient_id, feed, message_id, at
-
-    def save(self, kind: str, key: tuple[str, str], record: Canonical) -> str:
-        existing = self.uow.records.by_source(kind, *key)
-        data = _json(record)
-        if existing is None:
-            row = RecordRow(
-                id=str(uuid.uuid4()), kind=kind, source_system=key[0], source_value=key[1], patient_id=self.patient_id,
-                version=1, active=True, data=data, feed=self.feed, message_id=self.message_id, updated_at=self.at,
-            )
-            self.uow.records.insert(row, [("patient", self.patient_id)])
-            return row.id
-        existing.data, existing.version, existing.patient_id = data, existing.version + 1, self.patient_id
-        existing.feed, existing.message_id, existing.updated_at = self.feed, self.message_id, self.at
-        self.uow.records.update(existing, [("patient", self.patient_id)])
-        return existing.id
-
-
-def _json(record: Canonical) -> dict[str, Any]:
-    return record.model_dump(mode="json", exclude_none=True, exclude_defaults=False)

@@ -146,11 +146,13 @@ def adt(
 def ack_fields(ack: bytes) -> dict[str, list[str]]:
     """Segments of an ACK by name → their fields (MSH counted so that index n is MSH-n)."""
     out: dict[str, list[str]] = {}
-    for line in ack.decode("utf-8", errors="replace").replace("\n", "\r").split("\r"):
+    text = ack.decode("utf-8", errors="replace")
+    separator = text[3] if text.startswith("MSH") else "|"  # the ACK reuses the sender's delimiters
+    for line in text.replace("\n", "\r").split("\r"):
         if not line:
             continue
-        fields = line.split("|")
+        fields = line.split(separator)
         if fields[0] == "MSH":
-            fields.insert(1, "|")
+            fields.insert(1, separator)
         out.setdefault(fields[0], fields)
     return out

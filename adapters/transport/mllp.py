@@ -65,10 +65,11 @@ class FrameReader:
                 del self.buffer[:start]
             end = self.buffer.find(END, 1)
             if end == -1:
-                if len(self.buffer) - 1 > self.max:
+                split_end = self.buffer.endswith(b"\x1c")  # END may be split across reads
+                if len(self.buffer) - 1 - split_end > self.max:
                     events.append(("oversize", bytes(self.buffer[1 : 1 + 65536])))
                     self.discarding = True
-                    del self.buffer[:]
+                    del self.buffer[: len(self.buffer) - split_end]
                     continue
                 return events
             # A 0x0B inside a frame means the sender abandoned the frame before it: restart there.

@@ -61,7 +61,7 @@ records = Table(
     Column("message_id", Id),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
-    UniqueConstraint("kind", "source_system", "source_value", name="uq_records_source"),
+    UniqueConstraint("source_value", "source_system", "kind", name="uq_records_source"),  # value first: lookups by value
     Index("ix_records_patient", "patient_id"),
     Index("ix_records_kind_updated", "kind", "updated_at"),
 )

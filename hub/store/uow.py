@@ -6,12 +6,12 @@ writes SQL. Everything a unit of work did is committed together or not at all.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, and_, delete, insert, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, delete, func, insert, select, text, update
 
 from hub.messages import InboundMessage, Problem, Status
 from hub.store.tables import messages, record_index, record_versions, records
@@ -44,6 +44,15 @@ class RecordRow:
     created_at: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    inbound: InboundMessage
+    state: str
+    """Processing state: processed, pending, failed, or none (not processable: rejected, duplicate)."""
+    duplicate_of: int | None = None
+    error: str | None = None
+
+
 class MessageRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -62,52 +71,101 @@ class MessageRepository:
             for row in rows
         }
 
-    def add(self, inbound: InboundMessage, *, dedupe: bool, duplicate_of: int | None, received_at: datetime) -> int:
-        state = "pending" if inbound.status is Status.ACCEPTED and duplicate_of is None else "none"
-        return self.conn.execute(
-            insert(messages).returning(messages.c.id),
+    def add_many(self, new: Sequence[NewMessage], received_at: datetime) -> list[int]:
+        """Insert messages in one statement; ids come back in the order given."""
+        if not new:
+            return []
+        rows = [
             _fit(messages, {
                 "received_at": received_at,
-                "feed": inbound.feed,
-                "format": inbound.format,
-                "sender": inbound.sender,
-                "control_id": inbound.control_id,
-                "message_type": inbound.message_type,
-                "dedupe_key": inbound.dedupe_key if dedupe else None,
-                "status": inbound.status.value,
-                "problems": [p.as_dict() for p in inbound.problems] or None,
-                "duplicate_of": duplicate_of,
-                "state": state,
-                "raw": inbound.raw,
-            }),
-        ).scalar_one()
+                "feed": n.inbound.feed,
+                "format": n.inbound.format,
+                "sender": n.inbound.sender,
+                "control_id": n.inbound.control_id,
+                "message_type": n.inbound.message_type,
+                "dedupe_key": n.inbound.dedupe_key if n.duplicate_of is None else None,
+                "status": n.inbound.status.value,
+                "problems": [p.as_dict() for p in n.inbound.problems] or None,
+                "duplicate_of": n.duplicate_of,
+                "state": n.state,
+                "processing_error": n.error,
+                "raw": n.inbound.raw,
+            })
+            for n in new
+        ]
+        result = self.conn.execute(insert(messages).returning(messages.c.id, sort_by_parameter_order=True), rows)
+        return list(result.scalars())
 
-    def mark(self, message_id: int, state: str, error: str | None = None) -> None:
-        self.conn.execute(
-            update(messages).where(messages.c.id == message_id).values(state=state, processing_error=error)
+    def pending(self, limit: int) -> list[PendingMessage]:
+        """Accepted messages not yet processed, in the order they were accepted."""
+        query = (
+            select(messages.c.id, messages.c.format, messages.c.feed, messages.c.raw)
+            .where(messages.c.state == "pending")
+            .order_by(messages.c.id)
+            .limit(limit)
         )
+        return [PendingMessage(r.id, r.format, r.feed, r.raw) for r in self.conn.execute(query)]
 
-    def pending_ids(self, limit: int = 500) -> list[int]:
-        rows = self.conn.execute(
-            select(messages.c.id).where(messages.c.state == "pending").order_by(messages.c.id).limit(limit)
-        )
-        return [r.id for r in rows]
+    def mark(self, ids: Sequence[int], state: str, error: str | None = None) -> None:
+        if ids:
+            self.conn.execute(
+                update(messages).where(messages.c.id.in_(ids)).values(state=state, processing_error=error)
+            )
 
-    def get(self, message_id: int) -> Any:
-        return self.conn.execute(select(messages).where(messages.c.id == message_id)).one_or_none()
+    def max_id(self) -> int:
+        return self.conn.execute(select(func.coalesce(func.max(messages.c.id), 0))).scalar_one()
+
+
+@dataclass(frozen=True, slots=True)
+class PendingMessage:
+    id: int
+    format: str
+    feed: str
+    raw: bytes
+
+
+SourceKey = tuple[str, str, str]
+"""(kind, source system, source value): what names a record in the feed it came from."""
+
+
+@dataclass(slots=True)
+class RecordChanges:
+    """What one batch did to canonical records, ready to be written in bulk."""
+
+    inserted: list[RecordRow] = field(default_factory=list)
+    updated: list[RecordRow] = field(default_factory=list)
+    superseded: list[dict[str, Any]] = field(default_factory=list)
+    """Versions replaced by this batch (record_id, version, data, message_id, recorded_at)."""
+    reindexed: set[str] = field(default_factory=set)
+    index: list[dict[str, str]] = field(default_factory=list)
+
+
+_COLUMNS = ("id", "kind", "source_system", "source_value", "patient_id", "version", "active", "data", "feed",
+            "message_id", "updated_at")
+_UPDATE_RECORD = update(records).where(records.c.id == bindparam("v_id")).values(
+    {name: bindparam(f"v_{name}") for name in _COLUMNS if name != "id"}
+)
+
+
+_BY_VALUES = select(records).where(records.c.source_value.in_(bindparam("values", expanding=True)))
 
 
 class RecordRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    def by_source(self, kind: str, system: str, value: str) -> RecordRow | None:
-        row = self.conn.execute(
-            select(records).where(
-                and_(records.c.kind == kind, records.c.source_system == system, records.c.source_value == value)
-            )
-        ).one_or_none()
-        return RecordRow(**row._mapping) if row else None
+    def by_sources(self, keys: Collection[SourceKey]) -> dict[SourceKey, RecordRow]:
+        """Current rows for many (kind, system, value) keys: looked up by value (the unique index leads
+        with it; a row-value IN makes SQLite scan the table), then matched on all three."""
+        wanted = set(keys)
+        values = list({value for _, _, value in wanted})
+        found: dict[SourceKey, RecordRow] = {}
+        for start in range(0, len(values), 500):
+            for r in self.conn.execute(_BY_VALUES, {"values": values[start : start + 500]}):
+                key = (r.kind, r.source_system, r.source_value)
+                if key in wanted:
+                    found[key] = RecordRow(**r._mapping)
+        return found
 
     def get(self, record_id: str, kind: str | None = None) -> RecordRow | None:
         query = select(records).where(records.c.id == record_id)
@@ -116,32 +174,20 @@ class RecordRepository:
         row = self.conn.execute(query).one_or_none()
         return RecordRow(**row._mapping) if row else None
 
-    def insert(self, row: RecordRow, index: Iterable[tuple[str, str]]) -> None:
-        self.conn.execute(insert(records), {**_columns(row), "created_at": row.created_at or row.updated_at})
-        self._write_version(row)
-        self._write_index(row, index)
-
-    def update(self, row: RecordRow, index: Iterable[tuple[str, str]]) -> None:
-        self.conn.execute(update(records).where(records.c.id == row.id).values(**_columns(row)))
-        self._write_version(row)
-        self.conn.execute(delete(record_index).where(record_index.c.record_id == row.id))
-        self._write_index(row, index)
-
-    def _write_version(self, row: RecordRow) -> None:
-        self.conn.execute(
-            insert(record_versions),
-            {"record_id": row.id, "version": row.version, "data": row.data, "message_id": row.message_id,
-             "recorded_at": row.updated_at},
-        )
-
-    def _write_index(self, row: RecordRow, index: Iterable[tuple[str, str]]) -> None:
-        values = [
-            {"record_id": row.id, "kind": row.kind, "param": param, "value": value[:300]}
-            for param, value in sorted(set(index))
-            if value
-        ]
-        if values:
-            self.conn.execute(insert(record_index), values)
+    def write(self, changes: RecordChanges) -> None:
+        """Apply a batch's changes in one statement per table (executemany)."""
+        if changes.inserted:
+            self.conn.execute(insert(records), [_fit(records, _columns(r) | {"created_at": r.updated_at}) for r in changes.inserted])
+        if changes.updated:
+            self.conn.execute(_UPDATE_RECORD, [{f"v_{k}": v for k, v in _fit(records, _columns(r)).items()} for r in changes.updated])
+        if changes.superseded:
+            self.conn.execute(insert(record_versions), changes.superseded)
+        if changes.reindexed:
+            ids = list(changes.reindexed)
+            for start in range(0, len(ids), 500):
+                self.conn.execute(delete(record_index).where(record_index.c.record_id.in_(ids[start : start + 500])))
+        if changes.index:
+            self.conn.execute(insert(record_index), changes.index)
 
     def search(self, kind: str, criteria: Sequence[Criterion], limit: int, offset: int = 0) -> list[RecordRow]:
         """Records matching every criterion, oldest first."""
@@ -182,11 +228,7 @@ def _fit(table: Table, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _columns(row: RecordRow) -> dict[str, Any]:
-    return {
-        "id": row.id, "kind": row.kind, "source_system": row.source_system, "source_value": row.source_value,
-        "patient_id": row.patient_id, "version": row.version, "active": row.active, "data": row.data,
-        "feed": row.feed, "message_id": row.message_id, "updated_at": row.updated_at,
-    }
+    return {name: getattr(row, name) for name in _COLUMNS}
 
 
 class UnitOfWork:
@@ -212,5 +254,10 @@ class UnitOfWork:
     def commit(self) -> None:
         self.tx.commit()
 
-    def savepoint(self):  # type: ignore[no-untyped-def]
-        return self.conn.begin_nested()
+    def try_lock(self, name: str) -> bool:
+        """A transaction-scoped lock that only one process holds (PostgreSQL advisory lock).
+
+        SQLite needs none: its single writer already serialises every transaction."""
+        if self.conn.dialect.name != "postgresql":
+            return True
+        return bool(self.conn.execute(text("SELECT pg_try_advisory_xact_lock(hashtext(:name))"), {"name": name}).scalar())

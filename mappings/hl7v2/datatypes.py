@@ -37,6 +37,8 @@ def partial_date(value: str) -> str:
         date(year, int(month), int(day))
     except ValueError as exc:
         raise InvalidDate("day out of range") from exc
+    if m["h"] is not None:
+        timestamp(value)  # the time part must be a real time too (no hour 25)
     return f"{year:04d}-{month}-{day}"
 
 
@@ -45,11 +47,11 @@ def timestamp(value: str) -> datetime | None:
     m = _match(value)
     if m["d"] is None:
         return None
-    tz = None
-    if m["tz"]:
-        sign = 1 if m["tz"][0] == "+" else -1
-        tz = timezone(sign * timedelta(hours=int(m["tz"][1:3]), minutes=int(m["tz"][3:5])))
     try:
+        tz = None
+        if m["tz"]:
+            sign = 1 if m["tz"][0] == "+" else -1
+            tz = timezone(sign * timedelta(hours=int(m["tz"][1:3]), minutes=int(m["tz"][3:5])))
         return datetime(
             int(m["y"]), int(m["mo"]), int(m["d"]),
             int(m["h"] or 0), int(m["mi"] or 0), int(m["s"] or 0), tzinfo=tz,

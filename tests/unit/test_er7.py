@@ -35,7 +35,10 @@ def test_standard_delimiters_are_read_from_msh():
 
 
 def test_hash_as_field_separator_is_honoured():
-    raw = b"MSH#^~\\&#NWADT#NORTHWIND#HUB#HUBFAC#20240301101500##ADT^A01#MSG00002#P#2.5.1\rPID#1##MRN4471^^^NORTHWIND^MR##Quillfeather^Ottoline\r"
+    raw = (
+        b"MSH#^~\\&#NWADT#NORTHWIND#HUB#HUBFAC#20240301101500##ADT^A01#MSG00002#P#2.5.1\r"
+        b"PID#1##MRN4471^^^NORTHWIND^MR##Quillfeather^Ottoline\r"
+    )
     msg = decode_frame(raw)
     pid = msg.first("PID")
     assert msg.delimiters.field == "#"
@@ -46,7 +49,10 @@ def test_hash_as_field_separator_is_honoured():
 
 def test_unusual_but_legal_encoding_characters_are_honoured():
     # Component '$', repetition '*', escape '/', subcomponent '@'.
-    raw = b"MSH|$*/@|NWADT|NORTHWIND|HUB|HUBFAC|20240301101500||ADT$A01|MSG00003|P|2.5.1\rPID|1||A1$$$NW@2.999.1$MR*B2$$$NW||Quill/S/feather$Ottoline\r"
+    raw = (
+        b"MSH|$*/@|NWADT|NORTHWIND|HUB|HUBFAC|20240301101500||ADT$A01|MSG00003|P|2.5.1\r"
+        b"PID|1||A1$$$NW@2.999.1$MR*B2$$$NW||Quill/S/feather$Ottoline\r"
+    )
     msg = decode_frame(raw)
     pid = msg.first("PID")
     assert msg.delimiters == Delimiters("|", "$", "*", "/", "@", "")
@@ -77,7 +83,7 @@ def test_missing_trailing_encoding_characters_take_the_defaults():
         pytest.param(b"MSHA^~\\&A", id="alphanumeric-field-separator"),
         pytest.param(b"MSH ^~\\& ", id="space-field-separator"),
         pytest.param(b"MSH|^^\\&|NWADT|", id="repeated-encoding-character"),
-        pytest.param(b"MSH|^|\\&|NWADT|", id="encoding-character-equals-field-separator"),
+        pytest.param(b"MSH|^|NWADT|", id="one-encoding-character"),
         pytest.param(b"MSH|^~\\&#$%|NWADT|", id="more-than-five-encoding-characters"),
     ],
 )
@@ -252,6 +258,14 @@ def test_absent_fields_components_and_repetitions_read_empty():
     assert pid.get(3, 1, 5) == ""
     assert pid.get(3, repetition=3) == ""
     assert pid.repetitions(11) == []
+
+
+def test_nul_bytes_are_dropped_from_decoded_values():
+    # NUL is never valid HL7 text (and PostgreSQL refuses it in text columns).
+    msg = decode_frame(message(b"PID|1||MRN\x004471||Quill\x00feather^Ottoline"))
+    pid = msg.first("PID")
+    assert pid.get(3) == "MRN4471"
+    assert pid.get(5) == "Quillfeather"
 
 
 # --- segments -----------------------------------------------------------------------------

@@ -69,6 +69,8 @@ class Segment:
 
     def get(self, n: int, component: int = 1, subcomponent: int = 1, repetition: int = 0) -> str:
         """A decoded, trimmed value; '' when absent or explicitly null."""
+        if self.name == "MSH" and n <= 2:
+            return self.raw(n)
         reps = self.repetitions(n)
         if repetition >= len(reps):
             return ""
@@ -127,15 +129,23 @@ def read_delimiters(head: bytes) -> Delimiters:
     if len(head) < 8 or head[:3] != b"MSH":
         raise Er7Error("the frame does not start with an MSH segment")
     field = chr(head[3])
-    if field.isalnum() or field in "\r\n ":
+    if not _usable_delimiter(field):
         raise Er7Error("MSH-1 is not a usable field separator")
     end = head.find(head[3:4], 4)
     encoding = head[4:end if end != -1 else 9].decode("latin-1").rstrip("\r\n")
-    if not 2 <= len(encoding) <= 5 or len(set(encoding + field)) != len(encoding) + 1:
+    distinct = len(set(encoding + field)) == len(encoding) + 1
+    if not 2 <= len(encoding) <= 5 or not distinct or not all(map(_usable_delimiter, encoding)):
         raise Er7Error("MSH-2 does not hold distinct encoding characters")
     defaults = "^~\\&"
     chars = encoding + defaults[len(encoding):] if len(encoding) < 4 else encoding
+    if len(set(chars + field)) != len(chars) + 1:
+        raise Er7Error("MSH-2 does not hold distinct encoding characters")
     return Delimiters(field, chars[0], chars[1], chars[2], chars[3], chars[4] if len(chars) > 4 else "")
+
+
+def _usable_delimiter(char: str) -> bool:
+    """Delimiters are printable ASCII punctuation (a NUL or a letter would split data apart)."""
+    return char.isascii() and char.isprintable() and not char.isalnum() and char != " "
 
 
 @lru_cache(maxsize=64)
@@ -189,7 +199,10 @@ def unescape(value: str, delims: Delimiters, charset: str) -> str:
 
 
 def _escape_sequence(body: str, delims: Delimiters, charset: str) -> str:
-    simple = {"F": delims.field, "S": delims.component, "T": delims.subcomponent, "R": delims.repetition, "E": delims.escape}
+    simple = {
+        "F": delims.field, "S": delims.component, "T": delims.subcomponent, "R": delims.repetition,
+        "E": delims.escape, "P": delims.truncation,
+    }
     if body in simple:
         return simple[body]
     if body.startswith("X") and len(body) > 1:

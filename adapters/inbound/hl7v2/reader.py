@@ -25,7 +25,10 @@ class Hl7Frame:
     inbound: InboundMessage
 
 
-def read_frame(raw: bytes, feed: str) -> Hl7Frame:
+def read_frame(raw: bytes, feed: str, *, with_content: bool = True) -> Hl7Frame:
+    """Decode and judge a frame; with `with_content`, also map it to its canonical event.
+
+    The ACK path only judges (mapping waits until the message is stored and processed)."""
     try:
         message = decode_frame(raw)
     except Er7Error as exc:
@@ -49,8 +52,14 @@ def read_frame(raw: bytes, feed: str) -> Hl7Frame:
     if problems:
         inbound.status, inbound.problems = Status.ERROR, problems
         return Hl7Frame(message, inbound)
-    inbound.event = to_event(message)
+    if with_content:
+        inbound.event = to_event(message)
     return Hl7Frame(message, inbound)
+
+
+def read_message(raw: bytes, feed: str) -> InboundMessage:
+    """The HL7 v2 reader the pipeline uses to process a stored message."""
+    return read_frame(raw, feed).inbound
 
 
 def version_of(msh: Segment) -> str:

@@ -38,7 +38,7 @@ class Hl7v2Door:
         return Hl7v2Door(self.accept, feed, self.mode)
 
     async def answer(self, raw: bytes, mode: AckMode | None = None) -> Answer:
-        read = read_frame(raw, self.feed)
+        read = read_frame(raw, self.feed, with_content=False)
         outcome = await self.accept(read.inbound)
         return _answer(read, outcome, mode or self.mode)
 
@@ -47,7 +47,7 @@ class Hl7v2Door:
 
     async def on_oversize(self, head: bytes) -> list[bytes]:
         """A frame over the size limit: stored as its first bytes, rejected with AR."""
-        read = read_frame(head, self.feed)
+        read = read_frame(head, self.feed, with_content=False)
         problem = Problem("100", "the frame exceeds the listener's maximum frame size", "MSH")
         seen = read.inbound
         inbound = InboundMessage(

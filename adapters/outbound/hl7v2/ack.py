@@ -48,9 +48,12 @@ def acks_for(message: Er7Message | None, outcome: Outcome, mode: AckMode = AckMo
         return [build_ack(message, code, problems)]
     commit = "CA" if outcome.stored and outcome.status is not Status.REJECTED else ("CE" if not outcome.stored else "CR")
     acks = []
-    if _wanted(accept_type or "AL", commit in ("CA",)):
+    commit_sent = _wanted(accept_type or "AL", commit == "CA")
+    if commit_sent:
         acks.append(build_ack(message, commit, [] if commit == "CA" else problems))
-    if _wanted(app_type or "NE", code == "AA"):
+    # After a CE (resend) or CR the commit ACK has said everything; an application ACK
+    # would read as a final answer to a message the sender must still act on.
+    if (commit == "CA" or not commit_sent) and _wanted(app_type or "NE", code == "AA"):
         acks.append(build_ack(message, code, problems))
     return acks
 
@@ -75,9 +78,9 @@ def build_ack(message: Er7Message | None, code: str, problems: list[Problem]) ->
     version_field = msh.raw(12) if msh and msh.raw(12) else _DEFAULT_VERSION
     version = version_of(msh) if msh and version_of(msh) else _DEFAULT_VERSION
     trigger = msh.get(9, 2) if msh else ""
-    msg_type = f"ACK{d.component}{trigger}" if trigger else "ACK"
-    if trigger and version >= "2.3.1":
-        msg_type += f"{d.component}ACK"
+    msg_type = f"ACK{d.component}{trigger}{d.component}ACK" if version >= "2.3.1" else f"ACK{d.component}{trigger}"
+    if not trigger and version < "2.3.1":
+        msg_type = "ACK"
     now = datetime.now().strftime("%Y%m%d%H%M%S")
     fields = [
         "MSH", d.encoding_characters,

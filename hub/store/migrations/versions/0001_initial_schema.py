@@ -71,7 +71,7 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('kind', 'source_system', 'source_value', name='uq_records_source')
+    sa.UniqueConstraint('source_value', 'source_system', 'kind', name='uq_records_source')
     )
     with op.batch_alter_table('records', schema=None) as batch_op:
         batch_op.create_index('ix_records_kind_updated', ['kind', 'updated_at'], unique=False)
