@@ -29,12 +29,19 @@ MAX_BATCH = 500
 
 class Intake:
     def __init__(
-        self, uow_factory: UowFactory, readers: Mapping[str, Reader], *, process_batch: int = 200, max_backlog: int = 5000
+        self,
+        uow_factory: UowFactory,
+        readers: Mapping[str, Reader],
+        *,
+        process_batch: int = 25,
+        max_backlog: int = 5000,
+        idle_before_processing: float = 0.003,
     ) -> None:
         self._uow_factory = uow_factory
         self._readers = readers
         self._process_batch = process_batch
         self._max_backlog = max_backlog
+        self._idle_before_processing = idle_before_processing
         self._queue: asyncio.Queue[tuple[InboundMessage, asyncio.Future[Outcome]]] = asyncio.Queue()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-writer")
         self._task: asyncio.Task[None] | None = None
@@ -75,10 +82,15 @@ class Intake:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if self._queue.empty() and self._work_to_do:
-                await self._process(loop)
-                continue
-            items = [await self._queue.get()]
+            if self._work_to_do and self._queue.empty():
+                try:  # a short pause in arrivals is the moment to process, not before
+                    first = await asyncio.wait_for(self._queue.get(), self._idle_before_processing)
+                except TimeoutError:
+                    await self._process(loop)
+                    continue
+                items = [first]
+            else:
+                items = [await self._queue.get()]
             while len(items) < MAX_BATCH and not self._queue.empty():
                 items.append(self._queue.get_nowait())
             outcomes = await loop.run_in_executor(self._writer, store_batch, self._uow_factory, [m for m, _ in items])

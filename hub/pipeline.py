@@ -51,42 +51,21 @@ def store_batch(uow_factory: UowFactory, batch: Sequence[InboundMessage]) -> lis
 
 def _store(uow_factory: UowFactory, batch: Sequence[InboundMessage]) -> list[Outcome]:
     received_at = utcnow()
+    outcomes: list[Outcome | None] = []
     with uow_factory() as uow:
-        known = uow.messages.outcomes_for([k for m in batch if (k := m.dedupe_key)])
-        first_of_key: dict[str, int] = {}
-        originals: list[int] = []
-        duplicates: list[int] = []
-        for i, inbound in enumerate(batch):
-            key = inbound.dedupe_key
-            if key and (key in known or key in first_of_key):
-                duplicates.append(i)
-            else:
-                originals.append(i)
-                if key:
-                    first_of_key[key] = i
-        ids = uow.messages.add_many(
-            [NewMessage(batch[i], "pending" if batch[i].status is Status.ACCEPTED else "none") for i in originals],
-            received_at,
-        )
-        id_of = dict(zip(originals, ids, strict=True))
-
-        def original(i: int) -> tuple[int, Status, tuple[Problem, ...]]:
-            key = batch[i].dedupe_key
-            assert key is not None
-            if key in known:
-                return known[key].message_id, known[key].status, known[key].problems
-            first = first_of_key[key]
-            return id_of[first], batch[first].status, tuple(batch[first].problems)
-
-        dup_ids = uow.messages.add_many(
-            [NewMessage(batch[i], "none", duplicate_of=original(i)[0]) for i in duplicates], received_at
-        )
+        for inbound in batch:
+            state = "pending" if inbound.status is Status.ACCEPTED else "none"
+            message_id = uow.messages.add(NewMessage(inbound, state), received_at)
+            outcomes.append(None if message_id is None else Outcome(message_id, inbound.status, tuple(inbound.problems)))
+        resent = [i for i, outcome in enumerate(outcomes) if outcome is None]
+        if resent:  # answered with the original's outcome (also when the original is earlier in this batch)
+            originals = uow.messages.outcomes_for([batch[i].dedupe_key for i in resent])  # type: ignore[misc]
+            for i in resent:
+                original = originals[batch[i].dedupe_key]  # type: ignore[index]
+                message_id = uow.messages.add(NewMessage(batch[i], "none", duplicate_of=original.message_id), received_at)
+                outcomes[i] = Outcome(message_id, original.status, original.problems, duplicate_of=original.message_id)
         uow.commit()
-    outcomes: dict[int, Outcome] = {i: Outcome(id_of[i], batch[i].status, tuple(batch[i].problems)) for i in originals}
-    for i, message_id in zip(duplicates, dup_ids, strict=True):
-        first_id, status, problems = original(i)
-        outcomes[i] = Outcome(message_id, status, problems, duplicate_of=first_id)
-    return [outcomes[i] for i in range(len(batch))]
+    return outcomes  # type: ignore[return-value]
 
 
 def process_pending(uow_factory: UowFactory, readers: Mapping[str, Reader], limit: int = 200) -> int | None:

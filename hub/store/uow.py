@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+import json
 from datetime import datetime, timezone
 from typing import Any
 
+from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, Engine, Table, bindparam, delete, func, insert, select, text, update
 
 from hub.messages import InboundMessage, Problem, Status
@@ -71,30 +73,29 @@ class MessageRepository:
             for row in rows
         }
 
-    def add_many(self, new: Sequence[NewMessage], received_at: datetime) -> list[int]:
-        """Insert messages in one statement; ids come back in the order given."""
-        if not new:
-            return []
-        rows = [
-            _fit(messages, {
-                "received_at": received_at,
-                "feed": n.inbound.feed,
-                "format": n.inbound.format,
-                "sender": n.inbound.sender,
-                "control_id": n.inbound.control_id,
-                "message_type": n.inbound.message_type,
-                "dedupe_key": n.inbound.dedupe_key if n.duplicate_of is None else None,
-                "status": n.inbound.status.value,
-                "problems": [p.as_dict() for p in n.inbound.problems] or None,
-                "duplicate_of": n.duplicate_of,
-                "state": n.state,
-                "processing_error": n.error,
-                "raw": n.inbound.raw,
-            })
-            for n in new
-        ]
-        result = self.conn.execute(insert(messages).returning(messages.c.id, sort_by_parameter_order=True), rows)
-        return list(result.scalars())
+    def add(self, new: NewMessage, received_at: datetime) -> int | None:
+        """Insert one message; None when its dedupe key is already stored (a re-send).
+
+        This is the ACK path's only write, so it skips SQLAlchemy's statement compilation and
+        lets the unique index find re-sends (no look-up before the insert)."""
+        inbound = new.inbound
+        values = _fit(messages, {
+            "received_at": received_at,
+            "feed": inbound.feed,
+            "format": inbound.format,
+            "sender": inbound.sender,
+            "control_id": inbound.control_id,
+            "message_type": inbound.message_type,
+            "dedupe_key": inbound.dedupe_key if new.duplicate_of is None else None,
+            "status": inbound.status.value,
+            "problems": [p.as_dict() for p in inbound.problems] or None,
+            "duplicate_of": new.duplicate_of,
+            "state": new.state,
+            "processing_error": new.error,
+            "raw": inbound.raw,
+        })
+        sql, params = _driver_insert(self.conn.dialect.name, values)
+        return self.conn.exec_driver_sql(sql, params).scalar()
 
     def pending(self, limit: int) -> list[PendingMessage]:
         """Accepted messages not yet processed, in the order they were accepted."""
@@ -216,6 +217,29 @@ _COMPARE = {
     "eq": lambda c, v: c == v, "lt": lambda c, v: c < v, "le": lambda c, v: c <= v,
     "gt": lambda c, v: c > v, "ge": lambda c, v: c >= v,
 }
+
+
+_MESSAGE_COLUMNS = (
+    "received_at", "feed", "format", "sender", "control_id", "message_type", "dedupe_key", "status", "problems",
+    "duplicate_of", "state", "processing_error", "raw",
+)
+
+
+def _driver_insert(dialect: str, values: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    """`INSERT … ON CONFLICT (dedupe_key) DO NOTHING RETURNING id` in the driver's own dialect."""
+    placeholder = "?" if dialect == "sqlite" else "%s"
+    params = [values[c] for c in _MESSAGE_COLUMNS]
+    problems = params[8]
+    if dialect == "sqlite":  # stored the way SQLAlchemy's SQLite types store them
+        params[0] = values["received_at"].astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+        params[8] = None if problems is None else json.dumps(problems)
+    else:
+        params[8] = None if problems is None else Jsonb(problems)
+    sql = (
+        f"INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)}) VALUES ({', '.join([placeholder] * len(params))}) "
+        "ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
+    )
+    return sql, tuple(params)
 
 
 def _fit(table: Table, values: dict[str, Any]) -> dict[str, Any]:

@@ -73,6 +73,7 @@ def test_resent_message_gets_original_outcome_and_is_not_processed_twice(running
     control_id, mrn = unique(), unique("M")
     first, again = run(send_all("127.0.0.1", running_hub.mllp_port, [adt(control_id, mrn), adt(control_id, mrn)]))
     assert ack_fields(first)["MSA"][1] == ack_fields(again)["MSA"][1] == "AA"
+    assert running_hub.hub.intake.wait_processed(timeout=10)
     with running_hub.hub.engine.connect() as conn:
         rows = conn.execute(select(messages.c.state, messages.c.duplicate_of).where(messages.c.control_id == control_id)).all()
         version = conn.execute(select(records.c.version).where(records.c.source_value == mrn)).scalar_one()
