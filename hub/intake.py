@@ -4,8 +4,9 @@ Listeners await `Intake.accept(message)`. One task drains whatever arrived while
 batch was committing and stores it in one transaction (one disk flush), then answers every
 sender in it. When no sender is waiting, the same task processes stored messages (map, and
 later match and route) in acceptance order. Under a burst, storing goes first, so the ACK
-path stays fast; processing catches up as soon as there is a pause, or takes turns with
-storing once the backlog passes `max_backlog`.
+path stays fast; processing takes the pauses between arrivals (in short slices while senders
+are active, in large batches once they are quiet) and takes turns with storing once the backlog
+passes `max_backlog` (backpressure: ACKs slow down rather than the backlog growing without end).
 
 `wait_processed` gives readers read-your-writes: a FHIR read waits (briefly) until everything
 acknowledged before it began has been processed.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
@@ -33,13 +35,16 @@ class Intake:
         uow_factory: UowFactory,
         readers: Mapping[str, Reader],
         *,
-        process_batch: int = 25,
-        max_backlog: int = 5000,
+        process_batch: int = 200,
+        busy_process_batch: int = 10,
+        max_backlog: int = 50_000,
         idle_before_processing: float = 0.003,
     ) -> None:
         self._uow_factory = uow_factory
         self._readers = readers
         self._process_batch = process_batch
+        self._busy_process_batch = busy_process_batch
+        self._last_store = 0.0
         self._max_backlog = max_backlog
         self._idle_before_processing = idle_before_processing
         self._queue: asyncio.Queue[tuple[InboundMessage, asyncio.Future[Outcome]]] = asyncio.Queue()
@@ -94,6 +99,7 @@ class Intake:
             while len(items) < MAX_BATCH and not self._queue.empty():
                 items.append(self._queue.get_nowait())
             outcomes = await loop.run_in_executor(self._writer, store_batch, self._uow_factory, [m for m, _ in items])
+            self._last_store = time.monotonic()
             stored = [o.message_id for o in outcomes if o.message_id is not None]
             if stored:
                 with self._watermark:
@@ -106,10 +112,11 @@ class Intake:
                 await self._process(loop)
 
     async def _process(self, loop: asyncio.AbstractEventLoop) -> None:
+        # While senders are active, process in slices short enough not to hold their ACKs back.
+        busy = time.monotonic() - self._last_store < 0.5
+        limit = self._busy_process_batch if busy else self._process_batch
         try:
-            last = await loop.run_in_executor(
-                self._writer, process_pending, self._uow_factory, self._readers, self._process_batch
-            )
+            last = await loop.run_in_executor(self._writer, process_pending, self._uow_factory, self._readers, limit)
         except Exception as exc:  # noqa: BLE001 — never let the intake task die
             log.error("processing failed (%s)", type(exc).__name__)
             await asyncio.sleep(1)

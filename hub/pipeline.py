@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from hub.messages import InboundMessage, Outcome, Problem, Status
+from hub.messages import InboundMessage, Outcome, Status
 from hub.model import Canonical, Patient, PatientEvent, source_identifier
 from hub.records import merge_patient, patient_index
 from hub.store.uow import NewMessage, RecordChanges, RecordRepository, RecordRow, SourceKey, UnitOfWork, utcnow

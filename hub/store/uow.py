@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-import json
 from datetime import datetime, timezone
 from typing import Any
 
-from psycopg.types.json import Jsonb
-from sqlalchemy import Connection, Engine, Table, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, select, text, update
 
 from hub.messages import InboundMessage, Problem, Status
+from hub.store.driver import insert_many, insert_returning_id, update_many
 from hub.store.tables import messages, record_index, record_versions, records
 
 
@@ -79,7 +78,7 @@ class MessageRepository:
         This is the ACK path's only write, so it skips SQLAlchemy's statement compilation and
         lets the unique index find re-sends (no look-up before the insert)."""
         inbound = new.inbound
-        values = _fit(messages, {
+        values = {
             "received_at": received_at,
             "feed": inbound.feed,
             "format": inbound.format,
@@ -93,9 +92,8 @@ class MessageRepository:
             "state": new.state,
             "processing_error": new.error,
             "raw": inbound.raw,
-        })
-        sql, params = _driver_insert(self.conn.dialect.name, values)
-        return self.conn.exec_driver_sql(sql, params).scalar()
+        }
+        return insert_returning_id(self.conn, messages, values, on_conflict="dedupe_key")
 
     def pending(self, limit: int) -> list[PendingMessage]:
         """Accepted messages not yet processed, in the order they were accepted."""
@@ -143,9 +141,6 @@ class RecordChanges:
 
 _COLUMNS = ("id", "kind", "source_system", "source_value", "patient_id", "version", "active", "data", "feed",
             "message_id", "updated_at")
-_UPDATE_RECORD = update(records).where(records.c.id == bindparam("v_id")).values(
-    {name: bindparam(f"v_{name}") for name in _COLUMNS if name != "id"}
-)
 
 
 _BY_VALUES = select(records).where(records.c.source_value.in_(bindparam("values", expanding=True)))
@@ -176,19 +171,14 @@ class RecordRepository:
         return RecordRow(**row._mapping) if row else None
 
     def write(self, changes: RecordChanges) -> None:
-        """Apply a batch's changes in one statement per table (executemany)."""
-        if changes.inserted:
-            self.conn.execute(insert(records), [_fit(records, _columns(r) | {"created_at": r.updated_at}) for r in changes.inserted])
-        if changes.updated:
-            self.conn.execute(_UPDATE_RECORD, [{f"v_{k}": v for k, v in _fit(records, _columns(r)).items()} for r in changes.updated])
-        if changes.superseded:
-            self.conn.execute(insert(record_versions), changes.superseded)
-        if changes.reindexed:
-            ids = list(changes.reindexed)
-            for start in range(0, len(ids), 500):
-                self.conn.execute(delete(record_index).where(record_index.c.record_id.in_(ids[start : start + 500])))
-        if changes.index:
-            self.conn.execute(insert(record_index), changes.index)
+        """Apply a batch's changes with one executemany per table."""
+        insert_many(self.conn, records, [_columns(r) | {"created_at": r.updated_at} for r in changes.inserted])
+        update_many(self.conn, records, "id", [_columns(r) for r in changes.updated])
+        insert_many(self.conn, record_versions, changes.superseded)
+        ids = list(changes.reindexed)
+        for start in range(0, len(ids), 500):
+            self.conn.execute(delete(record_index).where(record_index.c.record_id.in_(ids[start : start + 500])))
+        insert_many(self.conn, record_index, changes.index)
 
     def search(self, kind: str, criteria: Sequence[Criterion], limit: int, offset: int = 0) -> list[RecordRow]:
         """Records matching every criterion, oldest first."""
@@ -217,38 +207,6 @@ _COMPARE = {
     "eq": lambda c, v: c == v, "lt": lambda c, v: c < v, "le": lambda c, v: c <= v,
     "gt": lambda c, v: c > v, "ge": lambda c, v: c >= v,
 }
-
-
-_MESSAGE_COLUMNS = (
-    "received_at", "feed", "format", "sender", "control_id", "message_type", "dedupe_key", "status", "problems",
-    "duplicate_of", "state", "processing_error", "raw",
-)
-
-
-def _driver_insert(dialect: str, values: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
-    """`INSERT … ON CONFLICT (dedupe_key) DO NOTHING RETURNING id` in the driver's own dialect."""
-    placeholder = "?" if dialect == "sqlite" else "%s"
-    params = [values[c] for c in _MESSAGE_COLUMNS]
-    problems = params[8]
-    if dialect == "sqlite":  # stored the way SQLAlchemy's SQLite types store them
-        params[0] = values["received_at"].astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
-        params[8] = None if problems is None else json.dumps(problems)
-    else:
-        params[8] = None if problems is None else Jsonb(problems)
-    sql = (
-        f"INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)}) VALUES ({', '.join([placeholder] * len(params))}) "
-        "ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
-    )
-    return sql, tuple(params)
-
-
-def _fit(table: Table, values: dict[str, Any]) -> dict[str, Any]:
-    """Clip strings to their column's width: senders do send 5 KB control ids, and PostgreSQL refuses them."""
-    for name, value in values.items():
-        length = getattr(table.c[name].type, "length", None)
-        if length and isinstance(value, str) and len(value) > length:
-            values[name] = value[:length]
-    return values
 
 
 def _columns(row: RecordRow) -> dict[str, Any]:
