@@ -1,7 +1,8 @@
 """The canonical model: what every feed's data becomes, whichever door it came through.
 
 Names follow FHIR R4 so the FHIR view is a thin projection, but nothing here knows
-about HL7 v2, FHIR JSON, CSV or storage. Dates that senders give with partial
+about HL7 v2, FHIR JSON, CSV or storage. Provenance (feed, message, time) is kept beside each
+stored record and its versions, not inside it. Dates that senders give with partial
 precision (a birth year only) stay partial: `PartialDate` keeps what was known.
 """
 
@@ -73,14 +74,6 @@ class CodeableConcept(Canonical):
 class Quantity(Canonical):
     value: Decimal
     unit: str | None = None
-
-
-class Provenance(Canonical):
-    """Where a record came from: which feed, which stored message, when it was received."""
-
-    feed: str
-    message_id: int | None = None
-    received_at: datetime | None = None
 
 
 class Patient(Canonical):

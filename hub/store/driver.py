@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from datetime import timezone
+from datetime import datetime, timezone
 from functools import cache
 from typing import Any
 

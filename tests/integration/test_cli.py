@@ -88,11 +88,30 @@ def test_serve_is_also_hub_console_script(tmp_path: Path) -> None:
     assert all(command in result.stdout for command in ("serve", "db", "ingest", "send"))
 
 
-def test_serve_logs_no_patient_data(served_hub: tuple[str, int], tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    http, _ = served_hub
-    family = unique("Nomen")
-    httpx.post(f"{http}/hl7v2", content=adt(family=family, birth_date="19800231"), headers={"Content-Type": "text/plain"})
-    httpx.get(f"{http}/fhir/Patient", params={"family": family})
-    # The hub's combined output is checked in the fixture teardown for exit 0; here: the ACK text.
-    ack = httpx.post(f"{http}/hl7v2", content=adt(family=family, birth_date="19800231"), headers={"Content-Type": "text/plain"})
-    assert family.encode() not in ack.content
+def test_hub_output_carries_no_patient_data(tmp_path: Path) -> None:
+    """Invariant 6: names, identifiers and birth dates never reach a log line, good input or bad."""
+    family, mrn = unique("Nomen"), unique("MRN")
+    http_port, mllp_port = free_port(), free_port()
+    env = hub_env(tmp_path, HUB_HTTP_PORT=str(http_port), HUB_MLLP_PORT=str(mllp_port), HUB_LOG_LEVEL="DEBUG")
+    process = subprocess.Popen([*HUB, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        http = f"http://127.0.0.1:{http_port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{http}/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        for message in (adt(mrn=mrn, family=family), adt(mrn=mrn, family=family, birth_date="19800231"),
+                        adt(mrn=mrn, family=family, version="9.9"), f"PID|1||{mrn}||{family}^Ann".encode()):
+            ack = httpx.post(f"{http}/hl7v2", content=message, headers={"Content-Type": "text/plain"})
+            assert family.encode() not in ack.content and mrn.encode() not in ack.content
+        httpx.get(f"{http}/fhir/Patient", params={"family": family, "identifier": mrn})
+        httpx.get(f"{http}/fhir/Patient", params={"birthdate": f"xx{family}"})
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert b"Uvicorn running" in output  # the log was captured
+    assert family.encode() not in output
+    assert mrn.encode() not in output

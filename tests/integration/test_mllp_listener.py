@@ -173,3 +173,29 @@ def test_enhanced_listener_without_msh15_16_uses_original_mode(enhanced_hub: Run
     control_id = unique()
     [ack] = run(send_all("127.0.0.1", enhanced_hub.mllp_port, [adt(control_id)]))
     assert ack_fields(ack)["MSA"][1:3] == ["AA", control_id]
+
+
+def test_messages_stored_but_not_processed_before_a_crash_are_processed_on_start(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Nothing stored is lost: a message acknowledged just before the process died is processed at the next start."""
+    from functools import partial
+
+    from adapters.inbound.hl7v2.reader import read_frame
+    from hub.pipeline import store_batch
+    from hub.store.engine import make_engine
+    from hub.store.migrate import upgrade
+    from hub.store.uow import UnitOfWork
+
+    mrn = unique("K")
+    engine = make_engine(database_url)
+    upgrade(engine)
+    [outcome] = store_batch(partial(UnitOfWork, engine), [read_frame(adt(mrn=mrn), "mllp", with_content=False).inbound])
+    assert outcome.stored  # stored and (in a real run) acknowledged; then the process "dies"
+    running, thread = start_hub(hub_settings(database_url, tmp_path_factory.mktemp("restart")))
+    try:
+        with running.client() as client:
+            bundle = client.get("/fhir/Patient", params={"identifier": mrn}).json()
+        assert [e["resource"]["identifier"][0]["value"] for e in bundle.get("entry", [])] == [mrn]
+    finally:
+        stop_hub(running, thread)

@@ -275,7 +275,7 @@ def test_unusable_optional_timestamp_is_dropped_and_the_message_accepted(admitte
 
 @pytest.mark.parametrize("admitted", ["20240301101500+2400", "20240301101500-2500"])
 def test_optional_timestamp_with_an_impossible_utc_offset_is_dropped_and_the_message_accepted(admitted):
-    # BUG (reported): read_frame raises ValueError (from datatypes.timestamp), so no ACK is sent at all.
+    # Regression: read_frame used to raise ValueError (from datatypes.timestamp), so no ACK was sent.
     assert_accepted(hl7(msh(), "EVN|A01|20240301101500", pid(), pv1_admitted_at(admitted)))
 
 
@@ -592,8 +592,7 @@ def test_ack_for_an_unreadable_frame_uses_standard_delimiters_and_the_default_ve
     "raw", [pytest.param(adt(header=msh("")), id="msh9-empty"), pytest.param(b"\x00\xffnot hl7", id="unreadable")]
 )
 def test_ack_without_a_trigger_still_names_the_ack_structure(raw):
-    # BUG (reported): for v2.3.1+ the ACK's MSH-9 is plain "ACK"; MSG-3 (message structure) is required
-    # and receivers (hl7apy among them) cannot tell the ACK's structure. Expected "ACK^^ACK".
+    # For v2.3.1+ MSG-3 (message structure) is required: receivers (hl7apy among them) need it.
     assert one_ack(raw).msh(9) == "ACK^^ACK"
 
 
@@ -816,7 +815,6 @@ def test_ack_for_empty_msh12_is_valid_251_under_strict_validation():
 
 
 def test_ack_for_empty_msh9_is_valid_hl7_under_strict_validation():
-    # BUG (reported): MSH-9 of this ACK is plain "ACK" (no MSG-3), which hl7apy cannot place.
     read = read_frame(adt(header=msh("")), "unit")
     (text,) = acks_for(read.message, Outcome(1, read.inbound.status, tuple(read.inbound.problems)))
     strict(text)

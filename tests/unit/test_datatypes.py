@@ -165,7 +165,7 @@ def test_optional_timestamp_drops_unusable_values(value):
 
 @pytest.mark.parametrize("value", ["20240301101530+2400", "20240301101530-2500", "20240301101530+9999"])
 def test_optional_timestamp_drops_an_impossible_utc_offset(value):
-    # BUG (reported): the offset is turned into a timezone outside the try, so datetime.timezone's
+    # Regression: the offset used to be turned into a timezone outside the try, so datetime.timezone's
     # plain ValueError escapes instead of InvalidDate, and optional fields (PV1-44, PID-29, OBX-14 …)
     # crash the whole message instead of being dropped.
     assert optional_timestamp(value) is None

@@ -306,7 +306,7 @@ def test_msh2_is_not_split_on_its_own_repetition_character():
 
 
 def test_msh2_read_with_get_returns_the_encoding_characters():
-    # BUG (reported): Segment.get(2) on MSH splits MSH-2 at its own component character and returns "".
+    # Regression: Segment.get(2) on MSH used to split MSH-2 at its own component character and return "".
     assert decode_frame(message()).msh.get(2) == "^~\\&"
 
 

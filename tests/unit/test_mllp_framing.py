@@ -179,7 +179,7 @@ def test_the_oversize_frame_is_not_kept_in_memory():
 
 @pytest.mark.parametrize("offset", range(1, len(frame(BIG) + frame(SMALL))))
 def test_oversize_then_a_frame_split_into_two_reads_at_any_offset(offset):
-    # BUG (reported) at the offset just after the oversize frame's 0x1C: the 0x0D arrives in the next
+    # Regression, at the offset just after the oversize frame's 0x1C: the 0x0D arrives in the next
     # read, the reader misses the END and swallows the following frame.
     data = frame(BIG) + frame(SMALL)
     events = feed_all(FrameReader(LIMIT), split_at(data, offset))
@@ -188,7 +188,7 @@ def test_oversize_then_a_frame_split_into_two_reads_at_any_offset(offset):
 
 
 def test_a_frame_at_the_limit_with_the_end_split_between_reads_is_delivered():
-    # BUG (reported): 0x1C is counted as payload, the frame is reported oversize and the next one lost.
+    # Regression: 0x1C used to be counted as payload: the frame was reported oversize and the next one lost.
     payload = b"M" * LIMIT
     reader = FrameReader(LIMIT)
     first = reader.feed(frame(payload)[:-1])
