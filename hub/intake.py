@@ -80,9 +80,19 @@ class Intake:
 
     def wait_processed(self, timeout: float = 5.0) -> bool:
         """Block until every message stored so far is processed (or the timeout passes)."""
+        return self.wait_until_processed(self._stored_upto, timeout)
+
+    def wait_until_processed(self, message_id: int, timeout: float) -> bool:
         with self._watermark:
-            target = self._stored_upto
-            return self._watermark.wait_for(lambda: self._processed_upto >= target, timeout)
+            return self._watermark.wait_for(lambda: self._processed_upto >= message_id, timeout)
+
+    async def accept_and_process(self, message: InboundMessage, timeout: float = 30.0) -> Outcome:
+        """Accept, then wait until the message has been processed: for doors whose answer needs
+        the result (a FHIR create returns the new resource's id)."""
+        outcome = await self.accept(message)
+        if outcome.message_id is not None and outcome.duplicate_of is None:
+            await asyncio.to_thread(self.wait_until_processed, outcome.message_id, timeout)
+        return outcome
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

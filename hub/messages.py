@@ -47,7 +47,9 @@ class InboundMessage:
     sender: str | None = None
     control_id: str | None = None
     message_type: str | None = None
-    event: PatientEvent | None = None
+    events: list[PatientEvent] = field(default_factory=list)
+    """The canonical content: one event for an HL7 v2 message, one per row or entry for a CSV
+    chunk or a FHIR Bundle. Empty until the adapter has mapped the content."""
 
     @property
     def dedupe_key(self) -> str | None:

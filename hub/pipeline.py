@@ -79,7 +79,7 @@ def process_pending(uow_factory: UowFactory, readers: Mapping[str, Reader], limi
             if not pending:
                 return None
             items = [(m.id, readers[m.format](m.raw, m.feed)) for m in pending]
-            process_events(uow, [(i, m) for i, m in items if m.event is not None])
+            process_events(uow, items)
             uow.messages.mark([m.id for m in pending], "processed")
             uow.commit()
             return pending[-1].id
@@ -99,8 +99,7 @@ def _process_one_by_one(uow_factory: UowFactory, readers: Mapping[str, Reader], 
             message = pending[0]
             try:
                 inbound = readers[message.format](message.raw, message.feed)
-                if inbound.event is not None:
-                    process_events(uow, [(message.id, inbound)])
+                process_events(uow, [(message.id, inbound)])
                 uow.messages.mark([message.id], "processed")
                 uow.commit()
             except Exception as exc:  # noqa: BLE001
@@ -115,12 +114,12 @@ def _process_one_by_one(uow_factory: UowFactory, readers: Mapping[str, Reader], 
 
 def process_events(uow: UnitOfWork, items: Sequence[tuple[int, InboundMessage]]) -> None:
     """Map: the canonical records of every event in the batch, written in bulk."""
-    keys = [key for message_id, inbound in items for key, _ in event_records(inbound.event, message_id)]  # type: ignore[arg-type]
+    events = [(message_id, n, inbound.feed, event) for message_id, inbound in items for n, event in enumerate(inbound.events)]
+    keys = [key for message_id, n, _, event in events for key, _ in event_records(event, f"{message_id}.{n}")]
     record_set = RecordSet(uow.records, keys)
     at = utcnow()
-    for message_id, inbound in items:
-        assert inbound.event is not None
-        record_set.apply(inbound.event, inbound.feed, message_id, at)
+    for message_id, n, feed, event in events:
+        record_set.apply(event, feed, message_id, f"{message_id}.{n}", at)
     uow.records.write(record_set.changes())
 
 
@@ -131,7 +130,7 @@ def patient_key(patient: Patient) -> SourceKey:
     return ("patient", source.system or "", source.value)
 
 
-def event_records(event: PatientEvent, message_id: int) -> Iterator[tuple[SourceKey, Canonical]]:
+def event_records(event: PatientEvent, event_id: str) -> Iterator[tuple[SourceKey, Canonical]]:
     """Every record an event carries, with the source key that names it.
 
     Records other than the patient are scoped by the patient's own source key, so all keys
@@ -144,18 +143,18 @@ def event_records(event: PatientEvent, message_id: int) -> Iterator[tuple[Source
     scope = f"{key[1]}|{key[2]}"
     if event.encounter is not None:
         visit = event.encounter.visit_number
-        yield ("encounter", visit.system or "", visit.value) if visit else ("encounter", scope, f"message:{message_id}"), event.encounter
+        yield ("encounter", visit.system or "", visit.value) if visit else ("encounter", scope, f"event:{event_id}"), event.encounter
     for n, order in enumerate(event.orders):
-        number = order.placer_number or order.filler_number or f"message:{message_id}:{n}"
+        number = order.placer_number or order.filler_number or f"event:{event_id}:{n}"
         yield ("order", scope, number), order
     for n, obs in enumerate(event.observations):
-        group = obs.order_filler_number or obs.order_placer_number or f"message:{message_id}"
+        group = obs.order_filler_number or obs.order_placer_number or f"event:{event_id}"
         yield ("observation", scope, f"{group}|{obs.code.code or obs.code.display}|{n}"), obs
     for n, charge in enumerate(event.charges):
-        yield ("charge", scope, charge.transaction_id or f"message:{message_id}:{n}"), charge
+        yield ("charge", scope, charge.transaction_id or f"event:{event_id}:{n}"), charge
     if event.appointment is not None:
         appointment = event.appointment
-        yield ("appointment", scope, appointment.filler_id or appointment.placer_id or f"message:{message_id}"), appointment
+        yield ("appointment", scope, appointment.filler_id or appointment.placer_id or f"event:{event_id}"), appointment
 
 
 class RecordSet:
@@ -168,28 +167,34 @@ class RecordSet:
         self._superseded: list[dict[str, Any]] = []
         self._index: dict[str, list[tuple[str, str]]] = {}
 
-    def apply(self, event: PatientEvent, feed: str, message_id: int, at: datetime) -> None:
+    def apply(self, event: PatientEvent, feed: str, message_id: int, event_id: str, at: datetime) -> None:
         patient_id = ""
-        for key, record in event_records(event, message_id):
+        for key, record in event_records(event, event_id):
             if isinstance(record, Patient):
                 row = self.rows.get(key)
                 if row is not None:
                     record = merge_patient(Patient.model_validate(row.data), record, event.cleared)
-                patient_id = self.put(key, record, None, feed, message_id, at).id
-                self._index[patient_id] = list(patient_index(record))
+                row, changed = self.put(key, record, None, feed, message_id, at)
+                patient_id = row.id
+                if changed:
+                    self._index[patient_id] = list(patient_index(record))
             else:
                 self.put(key, record, patient_id, feed, message_id, at)
 
     def put(
         self, key: SourceKey, record: Canonical, patient_id: str | None, feed: str, message_id: int, at: datetime
-    ) -> RecordRow:
+    ) -> tuple[RecordRow, bool]:
+        """Insert or update one record; an update that changes nothing makes no new version
+        (so a re-imported file or a re-sent update creates nothing new)."""
         data = record.model_dump(mode="json", exclude_none=True)
         active = getattr(record, "active", True)
         row = self.rows.get(key)
         if row is None:
             row = RecordRow(str(uuid.uuid4()), key[0], key[1], key[2], patient_id, 1, active, data, feed, message_id, at)
             self.rows[key] = self._inserted[row.id] = row
-            return row
+            return row, True
+        if row.data == data and row.active == active and (patient_id is None or row.patient_id == patient_id):
+            return row, False
         self._superseded.append({
             "record_id": row.id, "version": row.version, "data": row.data,
             "message_id": row.message_id, "recorded_at": row.updated_at,
@@ -198,7 +203,7 @@ class RecordSet:
         row.feed, row.message_id, row.updated_at = feed, message_id, at
         if row.id not in self._inserted:
             self._updated[row.id] = row
-        return row
+        return row, True
 
     def changes(self) -> RecordChanges:
         return RecordChanges(

@@ -166,7 +166,7 @@ def assert_accepted(raw: bytes, control_id: str = "CTL-0001") -> Ack:
     assert ack.msa(2) == control_id
     assert ack.all("ERR") == []
     assert read.inbound.status is Status.ACCEPTED
-    assert read.inbound.event is not None
+    assert len(read.inbound.events) == 1
     return ack
 
 

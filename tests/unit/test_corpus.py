@@ -55,8 +55,9 @@ def test_corpus_message(name: str) -> None:
     [ack] = acks_for(frame.message, Outcome(1, inbound.status, tuple(inbound.problems)))
     assert f"|{expected['ack']}|" in ack.split("\r")[1] + "|"
     if "patient" in expected:
-        assert inbound.event is not None and inbound.event.patient is not None
-        patient = inbound.event.patient
+        [event] = inbound.events
+        assert event.patient is not None
+        patient = event.patient
         actual = patient.model_dump(mode="json", exclude_none=True)
         source = source_identifier(patient)
         assert source is not None

@@ -53,7 +53,7 @@ def read_frame(raw: bytes, feed: str, *, with_content: bool = True) -> Hl7Frame:
         inbound.status, inbound.problems = Status.ERROR, problems
         return Hl7Frame(message, inbound)
     if with_content:
-        inbound.event = to_event(message)
+        inbound.events = [to_event(message)]
     return Hl7Frame(message, inbound)
 
 
