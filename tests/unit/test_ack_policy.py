@@ -818,3 +818,17 @@ def test_ack_for_empty_msh9_is_valid_hl7_under_strict_validation():
     read = read_frame(adt(header=msh("")), "unit")
     (text,) = acks_for(read.message, Outcome(1, read.inbound.status, tuple(read.inbound.problems)))
     strict(text)
+
+
+def test_a_reader_defect_still_gets_an_ar_and_logs_no_content(monkeypatch, caplog):
+    """The ACK path answers every frame: an unexpected failure inside the reader becomes AR 207."""
+    import adapters.inbound.hl7v2.reader as reader
+
+    def broken(message):
+        raise RuntimeError("Quintavalle 19800402")  # an exception whose text carries content
+
+    monkeypatch.setattr(reader, "_content_problems", broken)
+    read = reader.read_frame(adt(), "unit", with_content=False)
+    assert read.inbound.status == "rejected"
+    assert read.inbound.problems[0].code == "207"
+    assert "Quintavalle" not in caplog.text and "RuntimeError" in caplog.text

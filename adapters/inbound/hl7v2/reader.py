@@ -8,6 +8,7 @@ AA otherwise, Z-segments and extra fields included.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from adapters.inbound.hl7v2.er7 import Er7Error, Er7Message, Segment, decode_frame
@@ -15,6 +16,8 @@ from hub.messages import InboundMessage, Problem, Status
 from hub.model import PatientEvent
 from mappings.hl7v2 import segments, table
 from mappings.hl7v2.datatypes import InvalidDate, partial_date
+
+log = logging.getLogger("hub.hl7v2")
 
 
 @dataclass(slots=True)
@@ -28,7 +31,19 @@ class Hl7Frame:
 def read_frame(raw: bytes, feed: str, *, with_content: bool = True) -> Hl7Frame:
     """Decode and judge a frame; with `with_content`, also map it to its canonical event.
 
-    The ACK path only judges (mapping waits until the message is stored and processed)."""
+    The ACK path only judges (mapping waits until the message is stored and processed), and it
+    must answer every frame: a reader defect becomes an AR (207), logged by class only."""
+    if with_content:
+        return _read_frame(raw, feed, with_content=True)
+    try:
+        return _read_frame(raw, feed, with_content=False)
+    except Exception as exc:  # noqa: BLE001 — never leave a sender without an ACK
+        log.error("reading a frame failed (%s); answered AR", type(exc).__name__)
+        problem = Problem("207", "the message could not be read", "MSH")
+        return Hl7Frame(None, InboundMessage(raw, feed, "hl7v2", Status.REJECTED, [problem]))
+
+
+def _read_frame(raw: bytes, feed: str, *, with_content: bool) -> Hl7Frame:
     try:
         message = decode_frame(raw)
     except Er7Error as exc:
