@@ -29,6 +29,8 @@ def main() -> None:
 @click.option("--mllp-host", help="HUB_MLLP_HOST")
 @click.option("--mllp-port", type=int, help="HUB_MLLP_PORT")
 @click.option("--mllp-ack-mode", type=click.Choice(["original", "enhanced"]), help="HUB_MLLP_ACK_MODE")
+@click.option("--mllp-max-frame-bytes", type=int, help="HUB_MLLP_MAX_FRAME_BYTES")
+@click.option("--mllp-idle-timeout", type=float, help="HUB_MLLP_IDLE_TIMEOUT (seconds)")
 @click.option("--redis-url", help="HUB_REDIS_URL")
 @click.option("--routes", type=click.Path(path_type=Path), help="HUB_ROUTES")
 def serve(**options: object) -> None:
