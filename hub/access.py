@@ -15,7 +15,7 @@ from enum import StrEnum
 from fastapi import Request
 from sqlalchemy import Engine
 
-from hub.store.uow import Criterion, RecordRow, UnitOfWork
+from hub.store.uow import Criterion, RecordRow, RecordVersion, UnitOfWork
 
 log = logging.getLogger("hub.access")
 
@@ -55,18 +55,50 @@ class PatientData:
         self.before_read = before_read
         """Read-your-writes: waits until messages already acknowledged have been processed."""
 
-    def get(self, kind: str, record_id: str) -> RecordRow | None:
-        if self.before_read:
+    def get(self, kind: str | None, record_id: str, *, wait: bool = True) -> RecordRow | None:
+        """One record (deleted ones too: the caller says 410). `wait=False` right after a write of
+        one's own, which is processed already."""
+        if self.before_read and wait:
             self.before_read()
         with UnitOfWork(self.engine) as uow:
             row = uow.records.get(record_id, kind)
         self.record_access(Permission.PATIENT_READ, kind, [record_id] if row else [])
         return row
 
-    def search(self, kind: str, criteria: Sequence[Criterion], limit: int, offset: int) -> list[RecordRow]:
+    def search(
+        self, kind: str | Sequence[str], criteria: Sequence[Criterion], limit: int, offset: int, sort: str | None = None
+    ) -> list[RecordRow]:
         if self.before_read:
             self.before_read()
         with UnitOfWork(self.engine) as uow:
-            rows = uow.records.search(kind, criteria, limit, offset)
+            rows = uow.records.search(kind, criteria, limit, offset, sort=sort)
+        self.record_access(Permission.PATIENT_READ, str(kind), [r.id for r in rows])
+        return rows
+
+    def count(self, kind: str | Sequence[str], criteria: Sequence[Criterion]) -> int:
+        if self.before_read:
+            self.before_read()
+        with UnitOfWork(self.engine) as uow:
+            return uow.records.count(kind, criteria)
+
+    def get_many(self, kind: str, ids: Sequence[str]) -> list[RecordRow]:
+        """Records by id (for `_include`), deleted ones left out."""
+        with UnitOfWork(self.engine) as uow:
+            found = uow.records.get_many(ids)
+        rows = [r for r in found.values() if r.kind == kind and not r.deleted]
         self.record_access(Permission.PATIENT_READ, kind, [r.id for r in rows])
         return rows
+
+    def history(self, kind: str, record_id: str) -> tuple[RecordRow | None, list[RecordVersion]]:
+        """The current record and its superseded versions, newest first (vread, history)."""
+        if self.before_read:
+            self.before_read()
+        with UnitOfWork(self.engine) as uow:
+            row = uow.records.get(record_id, kind)
+            versions = uow.records.versions(record_id) if row else []
+        self.record_access(Permission.PATIENT_READ, kind, [record_id] if row else [])
+        return row, versions
+
+    def written(self, kind: str, ids: Sequence[str]) -> None:
+        """Records a write (the audit trail sees writes as well as reads)."""
+        self.record_access(Permission.PATIENT_WRITE, kind, ids)

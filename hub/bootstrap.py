@@ -14,6 +14,9 @@ from functools import partial
 import uvicorn
 from sqlalchemy import Engine, text
 
+from adapters.inbound.csv.reader import read_chunk
+from adapters.inbound.fhir.reader import read_request
+from adapters.inbound.fhir.service import FhirDoor
 from adapters.inbound.hl7v2.reader import read_message
 from adapters.inbound.hl7v2.service import Hl7v2Door
 from adapters.outbound.hl7v2.ack import AckMode
@@ -39,6 +42,7 @@ class Hub:
     mllp: MllpServer | None = None
     http_server: uvicorn.Server | None = None
     _migrated: bool = field(default=False, repr=False)
+    fhir_door: FhirDoor | None = None
 
     def readiness(self) -> dict[str, str]:
         checks = {"database": "ok", "migrations": "ok", "mllp": "ok"}
@@ -73,7 +77,9 @@ def _stop_on_signals(server: uvicorn.Server) -> None:
 def build(settings: Settings) -> Hub:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.database)
-    intake = Intake(partial(UnitOfWork, engine), readers={"hl7v2": read_message})
+    # A stored CSV chunk is re-read with the mapping of its feed; one whose mapping cannot be found is marked failed.
+    readers = {"hl7v2": read_message, "csv": read_chunk, "fhir": read_request}
+    intake = Intake(partial(UnitOfWork, engine), readers=readers)
     mode = AckMode(settings.mllp_ack_mode)
     return Hub(
         settings=settings,
@@ -82,6 +88,7 @@ def build(settings: Settings) -> Hub:
         http_door=Hl7v2Door(intake.accept, feed="http"),
         mllp_door=Hl7v2Door(intake.accept, feed="mllp", mode=mode),
         patient_data=PatientData(engine, before_read=intake.wait_processed),
+        fhir_door=FhirDoor(intake.accept_with_result),
     )
 
 

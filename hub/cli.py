@@ -1,4 +1,4 @@
-"""`hub` command line: serve, db upgrade, ingest (file drop), send (an MLLP client)."""
+"""`hub` command line: serve, db upgrade, ingest (file drop), import-csv, send (an MLLP client)."""
 
 from __future__ import annotations
 
@@ -86,6 +86,26 @@ def ingest(files: tuple[Path, ...], database_url: str | None) -> None:
     asyncio.run(run())
     click.echo(" ".join(f"{code}={n}" for code, n in sorted(counts.items())), err=True)
     sys.exit(0 if set(counts) <= {"AA"} else 1)
+
+
+@main.command("import-csv")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--mapping", "mapping_ref", required=True, help="a mapping file (YAML), or the name of one in mappings/csv/")
+@click.option("--encoding", help="the file's encoding (default UTF-8, with or without BOM; e.g. latin-1)")
+@click.option("--delimiter", help="',', ';', '|' or 'tab' (default: detected from the header line)")
+@click.option("--rejects", "rejects_path", type=click.Path(dir_okay=False, path_type=Path), help="report file (default FILE.rejects.csv)")
+@click.option("--chunk-rows", default=1000, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--progress-every", default=5.0, show_default=True, type=float, help="seconds between plain progress lines (not a terminal)")
+@click.option("--database-url", help="HUB_DATABASE_URL")
+def import_csv(
+    file: Path, mapping_ref: str, encoding: str | None, delimiter: str | None, rejects_path: Path | None,
+    chunk_rows: int, progress_every: float, database_url: str | None,
+) -> None:
+    """Import a CSV file with a mapping through the pipeline; bad rows go to the report file."""
+    from hub.cli_csv import run_import
+
+    settings = _settings(database_url=database_url)
+    sys.exit(run_import(file, mapping_ref, encoding, delimiter, rejects_path, chunk_rows, settings, progress_every))
 
 
 @main.command()

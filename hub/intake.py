@@ -15,13 +15,16 @@ acknowledged before it began has been processed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
 import logging
 import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
-from hub.messages import InboundMessage, Outcome
+from hub.messages import InboundMessage, Outcome, Status
 from hub.pipeline import Reader, UowFactory, process_pending, store_batch
 
 log = logging.getLogger("hub.intake")
@@ -53,6 +56,10 @@ class Intake:
         self._watermark = threading.Condition()
         self._stored_upto = 0
         self._processed_upto = 0
+        self._results: dict[int, Any] = {}
+        self._read: dict[int, InboundMessage] = {}
+        """Messages stored with their events already read by the door (FHIR): processing need not read them again."""
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._work_to_do = True  # messages left pending by an earlier run are processed first
 
     async def start(self) -> None:
@@ -94,6 +101,37 @@ class Intake:
             await asyncio.to_thread(self.wait_until_processed, outcome.message_id, timeout)
         return outcome
 
+    async def accept_with_result(self, message: InboundMessage, timeout: float = 30.0) -> tuple[Outcome, Any]:
+        """Accept, wait for processing, and return what processing made of the message (its stored
+        result: for FHIR, per entry the status and the record written). None when not processed."""
+        outcome = await self.accept(message)
+        if outcome.message_id is None or outcome.duplicate_of is not None or message.status is not Status.ACCEPTED:
+            return outcome, None
+        await self._processed(outcome.message_id, timeout)
+        result = self._results.pop(outcome.message_id, None)
+        if result is None:  # processed by another process, or after a restart: the stored result
+            result = await asyncio.to_thread(self._result, outcome.message_id)
+        return outcome, result
+
+    async def _processed(self, message_id: int, timeout: float) -> None:
+        """Wait on the event loop (no thread per waiter) until processing has passed message_id."""
+        if self._processed_upto >= message_id:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (message_id, id(future), future))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+
+    def _wake_waiters(self) -> None:
+        while self._waiters and self._waiters[0][0] <= self._processed_upto:
+            _, _, future = heapq.heappop(self._waiters)
+            if not future.done():
+                future.set_result(None)
+
+    def _result(self, message_id: int) -> Any:
+        with self._uow_factory() as uow:
+            return uow.messages.result(message_id)
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -115,18 +153,27 @@ class Intake:
                 with self._watermark:
                     self._stored_upto = max(self._stored_upto, *stored)
                 self._work_to_do = True
-            for (_, future), outcome in zip(items, outcomes, strict=True):
+            for (message, future), outcome in zip(items, outcomes, strict=True):
+                if message.events and message.status is Status.ACCEPTED and outcome.message_id is not None \
+                        and outcome.duplicate_of is None:
+                    self._read[outcome.message_id] = message
                 if not future.done():
                     future.set_result(outcome)
-            if self.backlog > self._max_backlog:
+            if any(message.events for message, _ in items) or self.backlog > self._max_backlog:
+                # A door is waiting for these to be processed (FHIR): no pause first.
                 await self._process(loop)
 
     async def _process(self, loop: asyncio.AbstractEventLoop) -> None:
         # While senders are active, process in slices short enough not to hold their ACKs back.
         busy = time.monotonic() - self._last_store < 0.5
         limit = self._busy_process_batch if busy else self._process_batch
+        if self._waiters:  # doors wait for these (FHIR): take every awaited message in this slice
+            awaited = max(message_id for message_id, _, _ in self._waiters)
+            limit = max(limit, min(self._process_batch, awaited - self._processed_upto))
         try:
-            last = await loop.run_in_executor(self._writer, process_pending, self._uow_factory, self._readers, limit)
+            last = await loop.run_in_executor(
+                self._writer, process_pending, self._uow_factory, self._readers, limit, self._results, self._read
+            )
         except Exception as exc:  # noqa: BLE001 — never let the intake task die
             log.error("processing failed (%s)", type(exc).__name__)
             await asyncio.sleep(1)
@@ -138,3 +185,4 @@ class Intake:
             else:
                 self._processed_upto = max(self._processed_upto, last)
             self._watermark.notify_all()
+        self._wake_waiters()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from hub.model import PatientEvent
 
@@ -50,6 +51,9 @@ class InboundMessage:
     events: list[PatientEvent] = field(default_factory=list)
     """The canonical content: one event for an HL7 v2 message, one per row or entry for a CSV
     chunk or a FHIR Bundle. Empty until the adapter has mapped the content."""
+    context: dict[str, Any] | None = None
+    """What the door needs, besides the bytes, to read the message again at processing (stored with
+    it): for FHIR the interaction (method, resource type, id, conditions, content type)."""
 
     @property
     def dedupe_key(self) -> str | None:

@@ -153,7 +153,29 @@ class Appointment(Canonical):
     location: str | None = None
 
 
-Record = Patient | Encounter | Observation | Order | Charge | Appointment
+class Account(Canonical):
+    """A billing account (FHIR Account; HL7 v2 PID-18 patient account number)."""
+
+    account_number: Identifier | None = None
+    status: Literal["active", "inactive", "entered-in-error", "on-hold", "unknown"] = "active"
+    name: str | None = None
+
+
+class Report(Canonical):
+    """A diagnostic report: an order's results as one whole (FHIR DiagnosticReport)."""
+
+    identifier: Identifier | None = None
+    code: CodeableConcept | None = None
+    status: str = "unknown"
+    effective_at: datetime | None = None
+    issued_at: datetime | None = None
+    order_id: str | None = None
+    """The order (record id) the report answers."""
+    result_ids: list[str] = Field(default_factory=list)
+    """The observations (record ids) it groups."""
+
+
+Record = Patient | Encounter | Observation | Order | Charge | Appointment | Account | Report
 
 RECORD_KINDS: dict[type[Canonical], str] = {
     Patient: "patient",
@@ -162,6 +184,8 @@ RECORD_KINDS: dict[type[Canonical], str] = {
     Order: "order",
     Charge: "charge",
     Appointment: "appointment",
+    Account: "account",
+    Report: "report",
 }
 MODELS_BY_KIND: dict[str, type[Canonical]] = {kind: model for model, kind in RECORD_KINDS.items()}
 
@@ -182,6 +206,37 @@ def primary_name(patient: Patient) -> HumanName | None:
     return patient.names[0] if patient.names else None
 
 
+Criterion = tuple[str, str, str]
+"""A search condition in canonical terms: (index param, operator eq|prefix|lt|le|gt|ge, normalised value)."""
+
+
+class RecordRequest(Canonical):
+    """How a write names its target, for doors with REST semantics (FHIR): the record it creates,
+    replaces or deletes, and the conditions it is subject to. Events without one are upserts by
+    source key (HL7 v2, CSV)."""
+
+    method: Literal["create", "update", "delete", "read"]
+    kind: str
+    record_id: str | None = None
+    """The target (update, delete, read) or the id the client chose (update as create)."""
+    if_match: int | None = None
+    """Expected current version: the write fails (412) when it differs."""
+    if_none_exist: list[Criterion] | None = None
+    """Conditional create: create only when nothing matches; one match = nothing changes."""
+    conditions: list[Criterion] | None = None
+    """Conditional update/delete: the target is the one record matching these."""
+    resource: dict | None = None
+    """The resource as submitted (minus meta), kept so a read returns what was written."""
+    full_url: str | None = None
+    """A transaction's temporary id (`urn:uuid:…`), replaced by the new record's id in references."""
+    subject: str | None = None
+    """Reference to the patient the record belongs to (`Patient/<id>` or a temporary `urn:uuid:…`)."""
+    references: list[str] = Field(default_factory=list)
+    """Other record references the resource makes (for reports: its results)."""
+    index: list[tuple[str, str]] = Field(default_factory=list)
+    """Search values (param, normalised value) beyond those derived from the canonical record."""
+
+
 class PatientEvent(Canonical):
     """Everything one inbound message says, in canonical terms: one patient and what happened to them."""
 
@@ -197,3 +252,7 @@ class PatientEvent(Canonical):
     appointment: Appointment | None = None
     merged_identifier: Identifier | None = None
     """For a merge (ADT^A40): the source identifier folded into `patient`."""
+    account: Account | None = None
+    report: Report | None = None
+    request: RecordRequest | None = None
+    """Set by REST doors (FHIR): the event is one interaction on one record, see `RecordRequest`."""

@@ -19,9 +19,11 @@ from datetime import datetime
 from typing import Any
 
 from hub.messages import InboundMessage, Outcome, Status
-from hub.model import Canonical, Patient, PatientEvent, source_identifier
-from hub.records import merge_patient, patient_index
-from hub.store.uow import NewMessage, RecordChanges, RecordRepository, RecordRow, SourceKey, UnitOfWork, utcnow
+from hub.model import Canonical, Observation, Order, Patient, PatientEvent, Report, source_identifier
+from hub.records import merge_patient, record_index_entries
+from hub.store.uow import (
+    NewMessage, PendingMessage, RecordChanges, RecordRepository, RecordRow, SourceKey, UnitOfWork, utcnow,
+)
 
 log = logging.getLogger("hub.pipeline")
 
@@ -68,9 +70,16 @@ def _store(uow_factory: UowFactory, batch: Sequence[InboundMessage]) -> list[Out
     return outcomes  # type: ignore[return-value]
 
 
-def process_pending(uow_factory: UowFactory, readers: Mapping[str, Reader], limit: int = 200) -> int | None:
+def process_pending(
+    uow_factory: UowFactory, readers: Mapping[str, Reader], limit: int = 200, results: dict[int, Any] | None = None,
+    read: dict[int, InboundMessage] | None = None,
+) -> int | None:
     """Process up to `limit` pending messages in acceptance order. Returns the highest message id
-    processed (None when there was nothing to do or another process holds the processing lock)."""
+    processed (None when there was nothing to do or another process holds the processing lock).
+    `results`, if given, receives the full result of each message a door waits on (FHIR), once committed.
+    `read` holds messages a door already read in full (by id): they are not read from their bytes again
+    (the same reader on the same bytes and context gives the same events); any other is re-read."""
+    read = read if read is not None else {}
     try:
         with uow_factory() as uow:
             if not uow.try_lock(PROCESSING_LOCK):
@@ -78,17 +87,21 @@ def process_pending(uow_factory: UowFactory, readers: Mapping[str, Reader], limi
             pending = uow.messages.pending(limit)
             if not pending:
                 return None
-            items = [(m.id, readers[m.format](m.raw, m.feed)) for m in pending]
-            process_events(uow, items)
+            items = [(m.id, read.pop(m.id, None) or _read(readers, m)) for m in pending]
+            done = process_events(uow, items)
             uow.messages.mark([m.id for m in pending], "processed")
             uow.commit()
+            if results is not None:
+                results.update(done)
             return pending[-1].id
     except Exception as exc:  # noqa: BLE001
         log.warning("processing a batch failed (%s); isolating the message that fails", type(exc).__name__)
-    return _process_one_by_one(uow_factory, readers, limit)
+    return _process_one_by_one(uow_factory, readers, limit, results)
 
 
-def _process_one_by_one(uow_factory: UowFactory, readers: Mapping[str, Reader], limit: int) -> int | None:
+def _process_one_by_one(
+    uow_factory: UowFactory, readers: Mapping[str, Reader], limit: int, results: dict[int, Any] | None = None
+) -> int | None:
     """Slow path after a failed batch: each message in its own transaction; a failing one is marked."""
     last = None
     for _ in range(limit):
@@ -98,10 +111,12 @@ def _process_one_by_one(uow_factory: UowFactory, readers: Mapping[str, Reader], 
                 break
             message = pending[0]
             try:
-                inbound = readers[message.format](message.raw, message.feed)
-                process_events(uow, [(message.id, inbound)])
+                inbound = _read(readers, message)
+                done = process_events(uow, [(message.id, inbound)])
                 uow.messages.mark([message.id], "processed")
                 uow.commit()
+                if results is not None:
+                    results.update(done)
             except Exception as exc:  # noqa: BLE001
                 log.error("processing message %d failed (%s); marked failed", message.id, type(exc).__name__)
                 uow.tx.rollback()
@@ -112,8 +127,64 @@ def _process_one_by_one(uow_factory: UowFactory, readers: Mapping[str, Reader], 
     return last
 
 
-def process_events(uow: UnitOfWork, items: Sequence[tuple[int, InboundMessage]]) -> None:
-    """Map: the canonical records of every event in the batch, written in bulk."""
+def _read(readers: Mapping[str, Reader], message: PendingMessage) -> InboundMessage:
+    """Read a stored message again; a door that stored a context (FHIR) gets it back."""
+    reader: Any = readers[message.format]
+    if message.context is not None:
+        return reader(message.raw, message.feed, context=message.context)
+    return reader(message.raw, message.feed)
+
+
+def process_events(uow: UnitOfWork, items: Sequence[tuple[int, InboundMessage]]) -> dict[int, Any]:
+    """Map: the canonical records of every event in the batch, in acceptance order.
+
+    Upserts (HL7 v2, CSV) are gathered and written in bulk; a message of REST requests (FHIR) is
+    applied on its own, after the upserts accepted before it, and its result stored with it."""
+    from hub.writes import SharedWrites, apply_requests
+
+    def is_rest(inbound: InboundMessage) -> bool:
+        return inbound.format == "fhir" or any(e.request is not None for e in inbound.events)
+
+    run: list[tuple[int, InboundMessage]] = []
+    results: dict[int, Any] = {}
+    shared: SharedWrites | None = None
+    for n, (message_id, inbound) in enumerate(items):
+        if is_rest(inbound):
+            _process_upserts(uow, run)
+            run = []
+            if shared is None:
+                shared = SharedWrites(uow)
+                following = []
+                for _, later in items[n:]:
+                    if not is_rest(later):
+                        break
+                    following.append(later)
+                shared.preload(following)
+            results[message_id] = apply_requests(uow, message_id, inbound, shared)
+        else:
+            if shared is not None:
+                shared.close()
+                shared = None
+            run.append((message_id, inbound))
+    if shared is not None:
+        shared.close()
+    _process_upserts(uow, run)
+    uow.messages.set_results({i: _stored_result(r) for i, r in results.items()})
+    return results
+
+
+def _stored_result(result: Any) -> Any:
+    """The result as kept with the message: what was written where, without the resources themselves."""
+    if isinstance(result, dict):
+        return {k: _stored_result(v) for k, v in result.items() if k != "resource"}
+    if isinstance(result, list):
+        return [_stored_result(v) for v in result]
+    return result
+
+
+def _process_upserts(uow: UnitOfWork, items: Sequence[tuple[int, InboundMessage]]) -> None:
+    if not items:
+        return
     events = [(message_id, n, inbound.feed, event) for message_id, inbound in items for n, event in enumerate(inbound.events)]
     keys = [key for message_id, n, _, event in events for key, _ in event_records(event, f"{message_id}.{n}")]
     record_set = RecordSet(uow.records, keys)
@@ -155,55 +226,153 @@ def event_records(event: PatientEvent, event_id: str) -> Iterator[tuple[SourceKe
     if event.appointment is not None:
         appointment = event.appointment
         yield ("appointment", scope, appointment.filler_id or appointment.placer_id or f"event:{event_id}"), appointment
+    if event.account is not None and event.account.account_number is not None:
+        number = event.account.account_number
+        yield ("account", number.system or scope, number.value), event.account
+    for group, order in _report_groups(event, event_id).items():
+        report = Report(code=order.code if order else None, status=_report_status(event, group, event_id))
+        yield ("report", scope, group), report
+
+
+def _observation_group(obs: Observation, event_id: str) -> str:
+    return obs.order_filler_number or obs.order_placer_number or f"event:{event_id}"
+
+
+def _report_groups(event: PatientEvent, event_id: str) -> dict[str, Order | None]:
+    """Results grouped as reports: one per order the observations answer (ORU: OBR and its OBXs)."""
+    groups: dict[str, Order | None] = {}
+    for obs in event.observations:
+        group = _observation_group(obs, event_id)
+        groups.setdefault(group, next(
+            (o for o in event.orders if group in (o.filler_number, o.placer_number)), None
+        ))
+    return groups
+
+
+def _report_status(event: PatientEvent, group: str, event_id: str) -> str:
+    statuses = {o.status for o in event.observations if _observation_group(o, event_id) == group}
+    for status in ("preliminary", "corrected", "amended", "final", "cancelled", "entered-in-error", "registered"):
+        if status in statuses:
+            return status
+    return "unknown"
 
 
 class RecordSet:
     """The records a batch touches, in memory: later messages in the batch see earlier ones' changes."""
 
     def __init__(self, repository: RecordRepository, keys: Sequence[SourceKey]) -> None:
+        self.repository = repository
         self.rows = repository.by_sources(set(keys))
+        self.by_id: dict[str, RecordRow] = {row.id: row for row in self.rows.values()}
         self._inserted: dict[str, RecordRow] = {}
         self._updated: dict[str, RecordRow] = {}
         self._superseded: list[dict[str, Any]] = []
-        self._index: dict[str, list[tuple[str, str]]] = {}
+        self._index: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+
+    def ensure(self, keys: Sequence[SourceKey]) -> None:
+        """Load rows for keys not yet looked up (REST writes learn their keys one at a time)."""
+        missing = {k for k in keys if k not in self.rows}
+        if missing:
+            for key, row in self.repository.by_sources(missing).items():
+                self.rows[key] = row
+                self.by_id[row.id] = row
+
+    def row_by_id(self, record_id: str) -> RecordRow | None:
+        row = self.by_id.get(record_id)
+        if row is None:
+            row = self.repository.get(record_id)
+            if row is not None:
+                key = (row.kind, row.source_system, row.source_value)
+                row = self.rows.setdefault(key, row)
+                self.by_id[row.id] = row
+        return row
 
     def apply(self, event: PatientEvent, feed: str, message_id: int, event_id: str, at: datetime) -> None:
         patient_id = ""
+        ids: dict[str, list[str]] = {}
         for key, record in event_records(event, event_id):
             if isinstance(record, Patient):
                 row = self.rows.get(key)
                 if row is not None:
                     record = merge_patient(Patient.model_validate(row.data), record, event.cleared)
-                row, changed = self.put(key, record, None, feed, message_id, at)
+                row, _ = self.put(key, record, None, feed, message_id, at)
                 patient_id = row.id
-                if changed:
-                    self._index[patient_id] = list(patient_index(record))
-            else:
-                self.put(key, record, patient_id, feed, message_id, at)
+                continue
+            if isinstance(record, Report):
+                group = key[2]
+                record.order_id = next(iter(ids.get(f"order:{group}", [])), None)
+                record.result_ids = ids.get(f"obs:{group}", [])
+            row, _ = self.put(key, record, patient_id, feed, message_id, at)
+            if isinstance(record, Order):
+                for number in (record.placer_number, record.filler_number):
+                    if number:
+                        ids.setdefault(f"order:{number}", []).append(row.id)
+            elif isinstance(record, Observation):
+                ids.setdefault(f"obs:{_observation_group(record, event_id)}", []).append(row.id)
 
     def put(
-        self, key: SourceKey, record: Canonical, patient_id: str | None, feed: str, message_id: int, at: datetime
+        self, key: SourceKey, record: Canonical, patient_id: str | None, feed: str, message_id: int, at: datetime,
+        *, resource: dict[str, Any] | None = None, record_id: str | None = None,
+        extra_index: Sequence[tuple[str, str]] = (),
     ) -> tuple[RecordRow, bool]:
         """Insert or update one record; an update that changes nothing makes no new version
-        (so a re-imported file or a re-sent update creates nothing new)."""
+        (so a re-imported file or a re-sent update creates nothing new). `resource` is the FHIR
+        resource as written (None for other feeds: reads render the canonical data)."""
         data = record.model_dump(mode="json", exclude_none=True)
         active = getattr(record, "active", True)
         row = self.rows.get(key)
         if row is None:
-            row = RecordRow(str(uuid.uuid4()), key[0], key[1], key[2], patient_id, 1, active, data, feed, message_id, at)
-            self.rows[key] = self._inserted[row.id] = row
+            row = RecordRow(
+                record_id or str(uuid.uuid4()), key[0], key[1], key[2], patient_id, 1, active, data, feed, message_id,
+                at, at, resource, False,
+            )
+            self.rows[key] = self._inserted[row.id] = self.by_id[row.id] = row
+            self._reindex(row, record, extra_index)
             return row, True
-        if row.data == data and row.active == active and (patient_id is None or row.patient_id == patient_id):
+        if (
+            row.data == data and row.active == active and not row.deleted and row.resource == resource
+            and (patient_id is None or row.patient_id == patient_id)
+        ):
             return row, False
-        self._superseded.append({
-            "record_id": row.id, "version": row.version, "data": row.data,
-            "message_id": row.message_id, "recorded_at": row.updated_at,
-        })
+        self._supersede(row)
         row.data, row.version, row.active, row.patient_id = data, row.version + 1, active, patient_id or row.patient_id
-        row.feed, row.message_id, row.updated_at = feed, message_id, at
+        row.feed, row.message_id, row.updated_at, row.resource, row.deleted = feed, message_id, at, resource, False
+        self._touch(row)
+        self._reindex(row, record, extra_index)
+        return row, True
+
+    def delete(self, row: RecordRow, feed: str, message_id: int, at: datetime) -> None:
+        """A new version that marks the record deleted (history keeps what it was)."""
+        self._supersede(row)
+        row.version, row.deleted, row.feed, row.message_id, row.updated_at = row.version + 1, True, feed, message_id, at
+        self._touch(row)
+
+    def rekey(self, row: RecordRow, key: SourceKey) -> None:
+        """The record's source identifier changed (a FHIR update replaced it)."""
+        self.rows.pop((row.kind, row.source_system, row.source_value), None)
+        row.source_system, row.source_value = key[1], key[2]
+        self.rows[key] = row
+        self._touch(row)
+
+    def _supersede(self, row: RecordRow) -> None:
+        self._superseded.append({
+            "record_id": row.id, "version": row.version, "data": row.data, "message_id": row.message_id,
+            "recorded_at": row.updated_at, "resource": row.resource, "deleted": row.deleted, "feed": row.feed,
+        })
+
+    def _touch(self, row: RecordRow) -> None:
         if row.id not in self._inserted:
             self._updated[row.id] = row
-        return row, True
+
+    def _reindex(self, row: RecordRow, record: Canonical, extra: Sequence[tuple[str, str]]) -> None:
+        entries = list(record_index_entries(record)) + list(extra)
+        if row.patient_id:
+            entries.append(("patient", row.patient_id))
+        self._index[row.id] = (row.kind, entries)
+
+    def clear_changes(self) -> None:
+        """After the changes were written: keep the rows (now stored), forget what was pending."""
+        self._inserted, self._updated, self._superseded, self._index = {}, {}, [], {}
 
     def changes(self) -> RecordChanges:
         return RecordChanges(
@@ -212,8 +381,8 @@ class RecordSet:
             superseded=self._superseded,
             reindexed={i for i in self._index if i in self._updated},
             index=[
-                {"record_id": record_id, "kind": "patient", "param": param, "value": value[:300]}
-                for record_id, entries in self._index.items()
+                {"record_id": record_id, "kind": kind, "param": param, "value": value[:300]}
+                for record_id, (kind, entries) in self._index.items()
                 for param, value in sorted(set(entries))
                 if value
             ],

@@ -5,8 +5,11 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterator
+from datetime import datetime, timezone
 
-from hub.model import Patient
+from hub.model import (
+    Account, Appointment, Canonical, Charge, CodeableConcept, Encounter, Identifier, Observation, Order, Patient, Report,
+)
 
 
 def merge_patient(old: Patient, new: Patient, cleared: list[str]) -> Patient:
@@ -47,7 +50,7 @@ def patient_index(patient: Patient) -> Iterator[tuple[str, str]]:
         for given in name.given:
             yield "given", normalise(given)
     if patient.birth_date:
-        yield "birthdate", patient.birth_date
+        yield from date_index("birthdate", patient.birth_date)
     if patient.gender:
         yield "gender", patient.gender
     for telecom in patient.telecoms:
@@ -60,3 +63,115 @@ def patient_index(patient: Patient) -> Iterator[tuple[str, str]]:
     for address in patient.addresses:
         if address.postal_code:
             yield "address-postalcode", normalise(address.postal_code).replace(" ", "")
+
+
+HIGH = "~"
+"""Appended to a partial date or time to make the upper end of its range: "~" sorts after every digit,
+"-", ":" and "T", so "1961" covers ["1961", "1961~"] and ISO strings compare lexicographically."""
+
+
+def instant_text(value: datetime) -> str:
+    """A datetime as the index stores it: UTC, to the second, no zone."""
+    if value.tzinfo is not None:
+        value = value.astimezone(timezone.utc)
+    return value.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def date_bounds(value: str) -> tuple[str, str] | None:
+    """A FHIR date/dateTime search value or stored partial date → (low, high) as index strings."""
+    if not re.fullmatch(r"\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?", value):
+        return None
+    if "T" in value:
+        text = value if len(value.split("T")[1]) > 5 or value.endswith("Z") else value
+        try:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        normal = instant_text(parsed)
+        return normal, normal
+    return value, value + HIGH
+
+
+def date_index(param: str, low: str | datetime | None, high: str | datetime | None = None) -> Iterator[tuple[str, str]]:
+    """Index entries for a date or period: `param` holds the low end, `param.hi` the high end."""
+    if low is None:
+        return
+    lo = instant_text(low) if isinstance(low, datetime) else low
+    hi_value = high if high is not None else low
+    hi = instant_text(hi_value) if isinstance(hi_value, datetime) else hi_value
+    if not isinstance(hi_value, datetime) and len(hi) < 19:
+        hi += HIGH
+    yield param, lo
+    yield f"{param}.hi", hi
+
+
+def date_criteria(param: str, value: str) -> list[tuple[str, str, str]] | None:
+    """A FHIR date search (`[prefix]value`) → criteria on the low/high index entries (range semantics)."""
+    prefix, rest = (value[:2], value[2:]) if value[:2].isalpha() else ("eq", value)
+    bounds = date_bounds(rest)
+    if bounds is None or prefix not in ("eq", "ne", "lt", "le", "gt", "ge"):
+        return None
+    lo, hi = bounds
+    return {
+        "eq": [(param, "ge", lo), (f"{param}.hi", "le", hi)],
+        "lt": [(param, "lt", lo)],
+        "le": [(param, "le", hi)],
+        "gt": [(f"{param}.hi", "gt", hi)],
+        "ge": [(f"{param}.hi", "ge", lo)],
+    }.get(prefix)
+
+
+def identifier_index(identifier: Identifier | None) -> Iterator[tuple[str, str]]:
+    if identifier is not None and identifier.value:
+        yield "identifier", f"{identifier.system or ''}|{identifier.value}"
+        yield "identifier-value", identifier.value
+
+
+def code_index(code: CodeableConcept | None, param: str = "code") -> Iterator[tuple[str, str]]:
+    if code is not None and code.code:
+        yield param, f"{code.system or ''}|{code.code}"
+        yield f"{param}-value", code.code
+
+
+def record_index_entries(record: Canonical) -> Iterator[tuple[str, str]]:
+    """Search values (param, normalised value) of any canonical record."""
+    if isinstance(record, Patient):
+        yield from patient_index(record)
+    elif isinstance(record, Encounter):
+        yield from identifier_index(record.visit_number)
+        yield "status", record.status
+        yield from date_index("date", record.admitted_at, record.discharged_at or record.admitted_at)
+        if record.patient_class:
+            yield "class", record.patient_class
+    elif isinstance(record, Observation):
+        yield from code_index(record.code)
+        yield "status", record.status
+        yield from date_index("date", record.effective_at)
+    elif isinstance(record, Order):
+        yield from code_index(record.code)
+        yield "status", record.status
+        for number in (record.placer_number, record.filler_number):
+            if number:
+                yield "identifier-value", number
+        yield from date_index("date", record.ordered_at)
+    elif isinstance(record, Report):
+        yield from code_index(record.code)
+        yield "status", record.status
+        yield from identifier_index(record.identifier)
+        yield from date_index("date", record.effective_at or record.issued_at)
+    elif isinstance(record, Charge):
+        yield from code_index(record.code)
+        yield from date_index("date", record.date)
+        if record.transaction_id:
+            yield "identifier-value", record.transaction_id
+    elif isinstance(record, Appointment):
+        yield "status", record.status
+        yield from date_index("date", record.start, record.end or record.start)
+        for number in (record.placer_id, record.filler_id):
+            if number:
+                yield "identifier-value", number
+    elif isinstance(record, Account):
+        yield from identifier_index(record.account_number)
+        yield "status", record.status

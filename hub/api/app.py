@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from hub.api import admin, fhir, health, hl7v2
+from hub.api import admin, csv, fhir, health, hl7v2
 
 if TYPE_CHECKING:
     from hub.bootstrap import Hub
@@ -23,6 +23,7 @@ def create_app(hub: Hub) -> FastAPI:
     app.state.hub = hub
     app.include_router(health.router)
     app.include_router(hl7v2.router)
+    app.include_router(csv.router)
     app.include_router(fhir.router)
     app.include_router(admin.router)
     app.add_exception_handler(HTTPException, _http_error)

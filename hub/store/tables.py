@@ -17,6 +17,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.sql.expression import false
 
 metadata = MetaData()
 
@@ -40,11 +41,16 @@ messages = Table(
     Column("state", String(16), nullable=False),
     Column("processing_error", String(300)),
     Column("raw", LargeBinary, nullable=False),
+    Column("context", Json),
+    Column("result", Json),
     Index("ix_messages_received_at", "received_at"),
     Index("ix_messages_state", "state"),
     Index("ix_messages_type", "message_type"),
 )
-"""Every frame as received, rejected ones too: the raw bytes are the source of truth."""
+"""Every frame as received, rejected ones too: the raw bytes are the source of truth.
+
+`context` is what a door needs besides the bytes to read the message again (for FHIR: method,
+target, conditions); `result` is what processing made of it (for FHIR: per entry status and ids)."""
 
 records = Table(
     "records",
@@ -61,11 +67,17 @@ records = Table(
     Column("message_id", Id),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("resource", Json),
+    Column("deleted", Boolean, nullable=False, server_default=false()),
     UniqueConstraint("source_value", "source_system", "kind", name="uq_records_source"),  # value first: lookups by value
     Index("ix_records_patient", "patient_id"),
     Index("ix_records_kind_updated", "kind", "updated_at"),
 )
-"""Canonical records, current version. A record is keyed by the source's own identifier."""
+"""Canonical records, current version. A record is keyed by the source's own identifier.
+
+`resource` is the FHIR resource as submitted (minus meta) for records written over FHIR, so a read
+returns what was written; records from other feeds are rendered from `data`. `deleted` marks a
+record deleted over FHIR (its last version; reads answer 410)."""
 
 record_versions = Table(
     "record_versions",
@@ -75,6 +87,9 @@ record_versions = Table(
     Column("data", Json, nullable=False),
     Column("message_id", Id),
     Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("resource", Json),
+    Column("deleted", Boolean),
+    Column("feed", String(64)),
 )
 """Every version a record has had (history, vread, and what a replay would have sent)."""
 

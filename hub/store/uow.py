@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, delete, func, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, delete, false, func, select, text, update
 
 from hub.messages import InboundMessage, Problem, Status
 from hub.store.driver import insert_many, insert_returning_id, update_many
@@ -43,6 +43,20 @@ class RecordRow:
     message_id: int | None
     updated_at: datetime
     created_at: datetime | None = None
+    resource: dict[str, Any] | None = None
+    """The FHIR resource as submitted (records written over FHIR); None: render from `data`."""
+    deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RecordVersion:
+    record_id: str
+    version: int
+    data: dict[str, Any]
+    resource: dict[str, Any] | None
+    deleted: bool
+    feed: str | None
+    recorded_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,24 +106,33 @@ class MessageRepository:
             "state": new.state,
             "processing_error": new.error,
             "raw": inbound.raw,
+            "context": inbound.context,
         }
         return insert_returning_id(self.conn, messages, values, on_conflict="dedupe_key")
 
     def pending(self, limit: int) -> list[PendingMessage]:
         """Accepted messages not yet processed, in the order they were accepted."""
         query = (
-            select(messages.c.id, messages.c.format, messages.c.feed, messages.c.raw)
+            select(messages.c.id, messages.c.format, messages.c.feed, messages.c.raw, messages.c.context)
             .where(messages.c.state == "pending")
             .order_by(messages.c.id)
             .limit(limit)
         )
-        return [PendingMessage(r.id, r.format, r.feed, r.raw) for r in self.conn.execute(query)]
+        return [PendingMessage(r.id, r.format, r.feed, r.raw, r.context) for r in self.conn.execute(query)]
 
     def mark(self, ids: Sequence[int], state: str, error: str | None = None) -> None:
         if ids:
             self.conn.execute(
                 update(messages).where(messages.c.id.in_(ids)).values(state=state, processing_error=error)
             )
+
+    def set_results(self, results: dict[int, Any]) -> None:
+        """What processing made of messages whose door answers with it (FHIR)."""
+        if results:
+            update_many(self.conn, messages, "id", [{"id": i, "result": r} for i, r in results.items()])
+
+    def result(self, message_id: int) -> Any:
+        return self.conn.execute(select(messages.c.result).where(messages.c.id == message_id)).scalar()
 
     def max_id(self) -> int:
         return self.conn.execute(select(func.coalesce(func.max(messages.c.id), 0))).scalar_one()
@@ -121,6 +144,7 @@ class PendingMessage:
     format: str
     feed: str
     raw: bytes
+    context: dict[str, Any] | None = None
 
 
 SourceKey = tuple[str, str, str]
@@ -140,7 +164,7 @@ class RecordChanges:
 
 
 _COLUMNS = ("id", "kind", "source_system", "source_value", "patient_id", "version", "active", "data", "feed",
-            "message_id", "updated_at")
+            "message_id", "updated_at", "resource", "deleted")
 
 
 _BY_VALUES = select(records).where(records.c.source_value.in_(bindparam("values", expanding=True)))
@@ -180,24 +204,78 @@ class RecordRepository:
             self.conn.execute(delete(record_index).where(record_index.c.record_id.in_(ids[start : start + 500])))
         insert_many(self.conn, record_index, changes.index)
 
-    def search(self, kind: str, criteria: Sequence[Criterion], limit: int, offset: int = 0) -> list[RecordRow]:
-        """Records matching every criterion, oldest first."""
-        query = select(records).where(records.c.kind == kind)
+    def get_many(self, ids: Collection[str]) -> dict[str, RecordRow]:
+        found: dict[str, RecordRow] = {}
+        ids = list(ids)
+        for start in range(0, len(ids), 500):
+            for r in self.conn.execute(select(records).where(records.c.id.in_(ids[start : start + 500]))):
+                found[r.id] = RecordRow(**r._mapping)
+        return found
+
+    def versions(self, record_id: str) -> list[RecordVersion]:
+        """Superseded versions of a record, newest first (the current one is the record itself)."""
+        query = (
+            select(record_versions).where(record_versions.c.record_id == record_id)
+            .order_by(record_versions.c.version.desc())
+        )
+        return [
+            RecordVersion(r.record_id, r.version, r.data, r.resource, bool(r.deleted), r.feed, r.recorded_at)
+            for r in self.conn.execute(query)
+        ]
+
+    def count(self, kind: str | Sequence[str], criteria: Sequence[Criterion]) -> int:
+        """How many records match (search `_total`)."""
+        query = self._matching(kind, criteria, False).with_only_columns(func.count()).order_by(None)
+        return int(self.conn.execute(query).scalar_one())
+
+    def search(
+        self, kind: str | Sequence[str], criteria: Sequence[Criterion], limit: int, offset: int = 0,
+        sort: str | None = None, include_deleted: bool = False,
+    ) -> list[RecordRow]:
+        """Records matching every criterion, oldest first (or by `sort`: an index param, `-` for descending)."""
+        query = self._matching(kind, criteria, include_deleted)
+        if sort:
+            param = sort.lstrip("-")
+            key = (
+                select(func.min(record_index.c.value))
+                .where(record_index.c.record_id == records.c.id, record_index.c.param == param)
+                .scalar_subquery()
+            )
+            query = query.order_by(key.desc() if sort.startswith("-") else key, records.c.created_at, records.c.id)
+        else:
+            query = query.order_by(records.c.created_at, records.c.id)
+        query = query.limit(limit).offset(offset)
+        return [RecordRow(**r._mapping) for r in self.conn.execute(query)]
+
+    def _matching(self, kind: str | Sequence[str], criteria: Sequence[Criterion], include_deleted: bool) -> Any:
+        kinds = [kind] if isinstance(kind, str) else list(kind)
+        # With a selective criterion, `kind` must not drive the plan: SQLite would walk every record of the
+        # kind through ix_records_kind_updated and test each against the criterion. `kind || ''` keeps the
+        # condition but not the index.
+        selective = any(param != "_lastUpdated" for param, _, _ in criteria)
+        kind_column = records.c.kind.concat("") if selective else records.c.kind
+        query = select(records).where(kind_column.in_(kinds) if len(kinds) > 1 else kind_column == kinds[0])
+        if not include_deleted:
+            query = query.where(records.c.deleted == false())
         for param, op, value in criteria:
-            if param == "_id":
-                query = query.where(records.c.id == value)
+            if param in ("_id", "patient_id"):
+                column = records.c.id if param == "_id" else records.c.patient_id
+                query = query.where(column == value)
+                continue
+            if param == "_lastUpdated":
+                query = query.where(_COMPARE[op](records.c.updated_at, datetime.fromisoformat(value)))
                 continue
             column = record_index.c.value
             match = column.startswith(value, autoescape=True) if op == "prefix" else _COMPARE[op](column, value)
             query = query.where(
                 records.c.id.in_(
                     select(record_index.c.record_id).where(
-                        record_index.c.kind == kind, record_index.c.param == param, match
+                        record_index.c.kind.in_(kinds) if len(kinds) > 1 else record_index.c.kind == kinds[0],
+                        record_index.c.param == param, match,
                     )
                 )
             )
-        query = query.order_by(records.c.created_at, records.c.id).limit(limit).offset(offset)
-        return [RecordRow(**r._mapping) for r in self.conn.execute(query)]
+        return query
 
 
 Criterion = tuple[str, str, str]

@@ -1,0 +1,1 @@
+"""The CSV door: mapping files (`mapping`), a streaming reader (`reader`) and the importer (`service`)."""

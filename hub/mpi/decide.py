@@ -1,0 +1,77 @@
+"""The online decision: one incoming record against the candidate persons blocking found.
+
+A person is the set of its source records; the record is compared with each of them and the
+person's score is its best pair (the record that looks most like the incoming one). Two persons
+both above the link threshold is itself a reason for review: auto-linking would pick one of two
+plausible people by a margin the model cannot vouch for (or the two are one person, a merge that
+a human should confirm).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from hub.mpi.compare import Features
+from hub.mpi.model import Explanation, Model, TermFrequencies
+
+
+@dataclass(frozen=True)
+class Decision:
+    band: str  # link | review | new
+    person_id: str | None  # the person to link to (link) or the best candidate (review)
+    explanation: Explanation | None  # the best pair's explanation
+    others: list[tuple[str, Explanation]] = field(
+        default_factory=list
+    )  # other persons in link/review bands
+    reason: str = ""
+
+
+def decide(
+    model: Model,
+    record: Features,
+    candidates: Mapping[str, Sequence[Features]],
+    tf: TermFrequencies | None = None,
+) -> Decision:
+    """Band and person for `record`, given each candidate person's records."""
+    best: list[tuple[str, Explanation]] = []
+    for person_id, records in candidates.items():
+        scored = [model.score_features(record, other, tf) for other in records]
+        if scored:
+            best.append((person_id, max(scored, key=lambda e: e.weight)))
+    best.sort(key=lambda pe: -pe[1].weight)
+    plausible = [(p, e) for p, e in best if e.band != "new"]
+    if not plausible:
+        return Decision(
+            "new",
+            None,
+            best[0][1] if best else None,
+            reason="no candidate above the review threshold",
+        )
+    top_id, top = plausible[0]
+    rest = plausible[1:]
+    if top.band == "link" and any(e.weight >= model.link_weight for _, e in rest):
+        return Decision(
+            "review",
+            top_id,
+            top,
+            rest,
+            reason="several persons above the link threshold",
+        )
+    return Decision(top.band, top_id, top, rest, reason=",".join(top.guards))
+
+
+def format_explanation(e: Explanation) -> str:
+    """Plain-text table for `hub mpi explain` (levels and weights only, no patient values)."""
+    lines = [
+        f"model {e.model_version}: weight {e.weight:.2f} bits, probability {e.probability:.6f}, band {e.band}"
+    ]
+    if e.names_swapped:
+        lines.append("given and family names compared swapped")
+    lines.extend(
+        f"  {f.field:<14} {f.level:<11} {f.weight:+7.2f}{'  (term frequency)' if f.tf_adjusted else ''}"
+        for f in e.fields
+    )
+    if e.guards:
+        lines.append("guards (never auto-link): " + ", ".join(e.guards))
+    return "\n".join(lines)
