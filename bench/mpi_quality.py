@@ -102,9 +102,7 @@ def _f1(p: float, r: float) -> float:
     return 2 * p * r / (p + r) if p + r else 0.0
 
 
-def evaluate(
-    data: Dataset, links: set[Pair], review: set[Pair], truth_pairs: set[Pair]
-) -> dict:
+def evaluate(data: Dataset, links: set[Pair], review: set[Pair], truth_pairs: set[Pair]) -> dict:
     person = [r.person_id for r in data.records]
     tp = len(links & truth_pairs)
     precision = tp / len(links) if links else 1.0
@@ -142,9 +140,7 @@ def evaluate(
     }
 
 
-def oracle_threshold(
-    scored: list[tuple[float, Pair]], truth_pairs: set[Pair], min_precision: float
-) -> float:
+def oracle_threshold(scored: list[tuple[float, Pair]], truth_pairs: set[Pair], min_precision: float) -> float:
     """The lowest weight whose pairs at or above it still reach `min_precision` (best recall)."""
     scored = sorted(scored, key=lambda s: -s[0])
     tp = 0
@@ -176,9 +172,7 @@ def review_threshold(
 # --- Splink -----------------------------------------------------------------------------------
 
 
-def run_splink(
-    data: Dataset, feats: list[Features], seed: int
-) -> tuple[list[tuple[float, Pair]], dict]:
+def run_splink(data: Dataset, feats: list[Features], seed: int) -> tuple[list[tuple[float, Pair]], dict]:
     import jellyfish
     import pyarrow as pa
     import splink
@@ -238,9 +232,7 @@ def run_splink(
     )
     started = time.perf_counter()
     linker = Linker(sdf, settings, log_level=None)
-    linker.training.estimate_probability_two_random_records_match(
-        [block_on("nid"), block_on("email")], recall=0.6
-    )
+    linker.training.estimate_probability_two_random_records_match([block_on("nid"), block_on("email")], recall=0.6)
     linker.training.estimate_u_using_random_sampling(max_pairs=1e6, seed=seed)
     linker.training.estimate_parameters_using_expectation_maximisation(
         block_on("dob"), max_pairs=None, record_sample_proportion=1.0
@@ -265,9 +257,7 @@ def run_splink(
 
 def _row(name: str, m: dict, thresholds: str) -> str:
     hd = m["hard_direct"]
-    twins_jr = (
-        f"{hd.get('twins', 0)} / {hd.get('jr_sr', 0) + hd.get('parent_child', 0)}"
-    )
+    twins_jr = f"{hd.get('twins', 0)} / {hd.get('jr_sr', 0) + hd.get('parent_child', 0)}"
     others = f"{hd.get('spouses', 0)} / {hd.get('common_name', 0)}"
     merged = sum(m["hard_merged"].values())
     return (
@@ -277,9 +267,7 @@ def _row(name: str, m: dict, thresholds: str) -> str:
     )
 
 
-def _time_pairs(
-    model: Model | None, feats: list[Features], pairs: list[Pair], tf: TermFrequencies
-) -> float:
+def _time_pairs(model: Model | None, feats: list[Features], pairs: list[Pair], tf: TermFrequencies) -> float:
     """Seconds per pair: a full decision with explanation, or (model None) only the comparison levels."""
     from hub.mpi.compare import compare_pair
 
@@ -294,14 +282,10 @@ def _time_pairs(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--persons", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument(
-        "--model", type=Path, default=None, help="model file (default: the shipped one)"
-    )
+    parser.add_argument("--model", type=Path, default=None, help="model file (default: the shipped one)")
     parser.add_argument("--no-splink", action="store_true")
     parser.add_argument(
         "--train-model",
@@ -337,9 +321,7 @@ def main() -> None:
             trained_on=f"bench/mpi_synth.py seed {args.seed}, {args.persons} persons",
         )
         trained.save(args.train_model)
-        print(
-            f"wrote {args.train_model} version {trained.version}: prior {trained.prior:.4f}, {trained.trained_on}"
-        )
+        print(f"wrote {args.train_model} version {trained.version}: prior {trained.prior:.4f}, {trained.trained_on}")
         model = trained
 
     tf = TermFrequencies.from_features(feats)
@@ -360,12 +342,7 @@ def main() -> None:
     links = {p for p, e in zip(ordered, explanations) if e.band == "link"}
     review = {p for p, e in zip(ordered, explanations) if e.band == "review"}
     ours = evaluate(data, links, review, truth)
-    guarded = Counter(
-        g
-        for e in explanations
-        if e.guards and e.weight >= model.link_weight
-        for g in e.guards
-    )
+    guarded = Counter(g for e in explanations if e.guards and e.weight >= model.link_weight for g in e.guards)
     ours_scored = [(e.weight, p) for p, e in zip(ordered, explanations)]
 
     splink_rows, splink_note = [], ""
@@ -379,23 +356,17 @@ def main() -> None:
             s_recall = len(s_links & truth) / len(truth)
             # Splink's review band: from its link threshold down to where link+review recall reaches
             # ours (or, when its blocking cannot reach that, as far as its blocking goes)
-            target = min(
-                ours["link_or_review_recall"], len(s_pairs & truth) / len(truth)
-            )
+            target = min(ours["link_or_review_recall"], len(s_pairs & truth) / len(truth))
             s_review_t = review_threshold(s_scored, s_link_t, truth, target)
             s_review = {p for w, p in s_scored if s_review_t <= w < s_link_t}
             s_eq = evaluate(data, s_links, s_review, truth)
             t999 = oracle_threshold(s_scored, truth, 0.999)
             s_l999 = {p for w, p in s_scored if w >= t999}
             r999 = review_threshold(s_scored, t999, truth, target)
-            s_999 = evaluate(
-                data, s_l999, {p for w, p in s_scored if r999 <= w < t999}, truth
-            )
+            s_999 = evaluate(data, s_l999, {p for w, p in s_scored if r999 <= w < t999}, truth)
             p999 = 3.3219 * 3  # log2(999): match probability 0.999
             s_links2 = {p for w, p in s_scored if w >= p999}
-            s_def = evaluate(
-                data, s_links2, {p for w, p in s_scored if 0 <= w < p999}, truth
-            )
+            s_def = evaluate(data, s_links2, {p for w, p in s_scored if 0 <= w < p999}, truth)
             splink_rows = [
                 _row(
                     f"Splink {s_info['version']}, oracle threshold at our precision",
@@ -422,10 +393,7 @@ def main() -> None:
             splink_note = f"Splink could not run: {type(exc).__name__}: {exc}"
 
     # TF on/off on our side, for the record
-    no_tf = [
-        model.score_features(feats[a], feats[b], TermFrequencies({}))
-        for a, b in ordered
-    ]
+    no_tf = [model.score_features(feats[a], feats[b], TermFrequencies({})) for a, b in ordered]
     ours_no_tf = evaluate(
         data,
         {p for p, e in zip(ordered, no_tf) if e.band == "link"},
@@ -460,10 +428,7 @@ def main() -> None:
         + ", ".join(f"{k} {v}" for k, v in sorted(hard_counts.items())),
         "- error rates: " + ", ".join(f"{k} {v:g}" for k, v in ERROR_RATES.items()),
         "- field presence per feed: "
-        + "; ".join(
-            f"{feed} " + ", ".join(f"{k} {v:g}" for k, v in prof.items())
-            for feed, prof in FEEDS.items()
-        ),
+        + "; ".join(f"{feed} " + ", ".join(f"{k} {v:g}" for k, v in prof.items()) for feed, prof in FEEDS.items()),
         f"- blocking: {len(pairs)} candidate pairs from {block_stats['keys']} keys (largest block {block_stats['max_block']}, p99 {block_stats['p99_block']}); blocking recall {blocking_recall:.4f}",
         f"- cost: normalising a record {t_feat * 1e6:.1f} µs; scoring a normalised pair {t_score * 1e6:.1f} µs mean over all pairs, best-of-7 on 2,000 pairs {t_best * 1e6:.1f} µs (comparison levels alone {t_cmp * 1e6:.1f} µs); scoring two raw Patients {t_raw * 1e6:.1f} µs (one core, CPython)",
         f"- generation {t_gen:.1f} s; guards that held back a pair above the link threshold: {dict(guarded) or 'none'}",

@@ -31,7 +31,7 @@ ERROR_RATES: dict[str, float] = {
     "hyphen_part_only": 0.35,  # per record, for persons with a hyphenated surname (5 % of persons)
     "placeholder": 0.01,  # per field: UNKNOWN / BABY GIRL, 1900-01-01, 999-99-9999, 000-000-0000
     "national_id_typo": 0.02,  # one digit substituted or two adjacent digits swapped
-    "phone_typo": 0.01,
+    "phone_typo": 0.01,  # one of the last two digits substituted, or the two swapped
     "generation_suffix_shown": 0.5,  # per record, for Jr/Sr persons: JR/SR written in the name
 }
 # Which fields each feed carries (probability present) — missing values are the commonest error.
@@ -63,465 +63,62 @@ HOUSEHOLDS = {
 }
 """Share of persons by the household they are generated in (family3: parent couple + child)."""
 
-MALE = [
-    "James",
-    "John",
-    "Robert",
-    "Michael",
-    "William",
-    "David",
-    "Richard",
-    "Joseph",
-    "Thomas",
-    "Charles",
-    "Christopher",
-    "Daniel",
-    "Matthew",
-    "Anthony",
-    "Donald",
-    "Steven",
-    "Andrew",
-    "Joshua",
-    "Kenneth",
-    "Kevin",
-    "Brian",
-    "George",
-    "Edward",
-    "Ronald",
-    "Timothy",
-    "Jason",
-    "Jeffrey",
-    "Ryan",
-    "Jacob",
-    "Gary",
-    "Nicholas",
-    "Eric",
-    "Jonathan",
-    "Stephen",
-    "Larry",
-    "Justin",
-    "Scott",
-    "Brandon",
-    "Benjamin",
-    "Samuel",
-    "Gregory",
-    "Frank",
-    "Alexander",
-    "Raymond",
-    "Patrick",
-    "Jack",
-    "Dennis",
-    "Jerry",
-    "Tyler",
-    "Aaron",
-    "Jose",
-    "Adam",
-    "Henry",
-    "Nathan",
-    "Douglas",
-    "Zachary",
-    "Peter",
-    "Kyle",
-    "Walter",
-    "Ethan",
-    "Jeremy",
-    "Harold",
-    "Keith",
-    "Christian",
-    "Roger",
-    "Noah",
-    "Gerald",
-    "Carl",
-    "Terry",
-    "Sean",
-    "Austin",
-    "Arthur",
-    "Lawrence",
-    "Jesse",
-    "Dylan",
-    "Bryan",
-    "Joe",
-    "Jordan",
-    "Billy",
-    "Bruce",
-    "Albert",
-    "Willie",
-    "Gabriel",
-    "Logan",
-    "Alan",
-    "Juan",
-    "Wayne",
-    "Roy",
-    "Ralph",
-    "Randy",
-    "Eugene",
-    "Vincent",
-    "Russell",
-    "Elijah",
-    "Louis",
-    "Bobby",
-    "Philip",
-    "Johnny",
-    "Thaddeus",
-    "Oswin",
-    "Leopold",
-    "Cyrus",
-    "Ignatius",
-]
-FEMALE = [
-    "Mary",
-    "Patricia",
-    "Jennifer",
-    "Linda",
-    "Elizabeth",
-    "Barbara",
-    "Susan",
-    "Jessica",
-    "Sarah",
-    "Karen",
-    "Nancy",
-    "Lisa",
-    "Betty",
-    "Margaret",
-    "Sandra",
-    "Ashley",
-    "Kimberly",
-    "Emily",
-    "Donna",
-    "Michelle",
-    "Dorothy",
-    "Carol",
-    "Amanda",
-    "Melissa",
-    "Deborah",
-    "Stephanie",
-    "Rebecca",
-    "Sharon",
-    "Laura",
-    "Cynthia",
-    "Kathleen",
-    "Amy",
-    "Shirley",
-    "Angela",
-    "Helen",
-    "Anna",
-    "Brenda",
-    "Pamela",
-    "Nicole",
-    "Emma",
-    "Samantha",
-    "Katherine",
-    "Christine",
-    "Debra",
-    "Rachel",
-    "Catherine",
-    "Carolyn",
-    "Janet",
-    "Ruth",
-    "Maria",
-    "Heather",
-    "Diane",
-    "Virginia",
-    "Julie",
-    "Joyce",
-    "Victoria",
-    "Olivia",
-    "Kelly",
-    "Christina",
-    "Lauren",
-    "Joan",
-    "Evelyn",
-    "Judith",
-    "Megan",
-    "Cheryl",
-    "Andrea",
-    "Hannah",
-    "Martha",
-    "Jacqueline",
-    "Frances",
-    "Gloria",
-    "Ann",
-    "Teresa",
-    "Kathryn",
-    "Sara",
-    "Janice",
-    "Jean",
-    "Alice",
-    "Madison",
-    "Doris",
-    "Abigail",
-    "Julia",
-    "Judy",
-    "Grace",
-    "Denise",
-    "Amber",
-    "Marilyn",
-    "Beverly",
-    "Danielle",
-    "Theresa",
-    "Sophia",
-    "Marie",
-    "Diana",
-    "Brittany",
-    "Natalie",
-    "Isabella",
-    "Charlotte",
-    "Rose",
-    "Alexis",
-    "Kayla",
-    "Renée",
-    "Zoë",
-    "Perpetua",
-    "Ottilie",
-    "Marisol",
-    "Henrietta",
-]
+# fmt: off
+MALE = """James John Robert Michael William David Richard Joseph Thomas Charles Christopher Daniel Matthew
+Anthony Donald Steven Andrew Joshua Kenneth Kevin Brian George Edward Ronald Timothy Jason Jeffrey
+Ryan Jacob Gary Nicholas Eric Jonathan Stephen Larry Justin Scott Brandon Benjamin Samuel Gregory
+Frank Alexander Raymond Patrick Jack Dennis Jerry Tyler Aaron Jose Adam Henry Nathan Douglas Zachary
+Peter Kyle Walter Ethan Jeremy Harold Keith Christian Roger Noah Gerald Carl Terry Sean Austin
+Arthur Lawrence Jesse Dylan Bryan Joe Jordan Billy Bruce Albert Willie Gabriel Logan Alan Juan Wayne
+Roy Ralph Randy Eugene Vincent Russell Elijah Louis Bobby Philip Johnny Thaddeus Oswin Leopold Cyrus
+Ignatius""".split()  # noqa: SIM905
+FEMALE = """Mary Patricia Jennifer Linda Elizabeth Barbara Susan Jessica Sarah Karen Nancy Lisa Betty Margaret
+Sandra Ashley Kimberly Emily Donna Michelle Dorothy Carol Amanda Melissa Deborah Stephanie Rebecca
+Sharon Laura Cynthia Kathleen Amy Shirley Angela Helen Anna Brenda Pamela Nicole Emma Samantha
+Katherine Christine Debra Rachel Catherine Carolyn Janet Ruth Maria Heather Diane Virginia Julie
+Joyce Victoria Olivia Kelly Christina Lauren Joan Evelyn Judith Megan Cheryl Andrea Hannah Martha
+Jacqueline Frances Gloria Ann Teresa Kathryn Sara Janice Jean Alice Madison Doris Abigail Julia Judy
+Grace Denise Amber Marilyn Beverly Danielle Theresa Sophia Marie Diana Brittany Natalie Isabella
+Charlotte Rose Alexis Kayla Renée Zoë Perpetua Ottilie Marisol Henrietta""".split()  # noqa: SIM905
 NICK = {
-    "James": ["Jim", "Jimmy"],
-    "John": ["Jack", "Johnny"],
-    "Robert": ["Bob", "Rob", "Bobby"],
-    "Michael": ["Mike"],
-    "William": ["Bill", "Will", "Billy"],
-    "David": ["Dave"],
-    "Richard": ["Rick", "Dick", "Rich"],
-    "Joseph": ["Joe"],
-    "Thomas": ["Tom", "Tommy"],
-    "Charles": ["Charlie", "Chuck"],
-    "Christopher": ["Chris"],
-    "Daniel": ["Dan", "Danny"],
-    "Matthew": ["Matt"],
-    "Anthony": ["Tony"],
-    "Donald": ["Don"],
-    "Steven": ["Steve"],
-    "Andrew": ["Andy", "Drew"],
-    "Joshua": ["Josh"],
-    "Kenneth": ["Ken"],
-    "Edward": ["Ed", "Ted", "Eddie"],
-    "Ronald": ["Ron"],
-    "Timothy": ["Tim"],
-    "Jeffrey": ["Jeff"],
-    "Jacob": ["Jake"],
-    "Nicholas": ["Nick"],
-    "Jonathan": ["Jon"],
-    "Stephen": ["Steve"],
-    "Lawrence": ["Larry"],
-    "Benjamin": ["Ben"],
-    "Samuel": ["Sam"],
-    "Gregory": ["Greg"],
-    "Alexander": ["Alex"],
-    "Patrick": ["Pat"],
-    "Peter": ["Pete"],
-    "Zachary": ["Zach"],
-    "Elizabeth": ["Liz", "Beth", "Betty"],
-    "Margaret": ["Maggie", "Peggy", "Meg"],
-    "Patricia": ["Pat", "Patty"],
-    "Jennifer": ["Jen", "Jenny"],
-    "Susan": ["Sue"],
-    "Jessica": ["Jess"],
-    "Katherine": ["Kate", "Kathy"],
-    "Catherine": ["Cathy", "Kate"],
-    "Kimberly": ["Kim"],
-    "Rebecca": ["Becky"],
-    "Deborah": ["Debbie", "Deb"],
-    "Pamela": ["Pam"],
-    "Samantha": ["Sam"],
-    "Christine": ["Chris"],
-    "Victoria": ["Vicky"],
-    "Abigail": ["Abby"],
-    "Judith": ["Judy"],
-    "Stephanie": ["Steph"],
-    "Cynthia": ["Cindy"],
-    "Amanda": ["Mandy"],
-    "Theresa": ["Terry"],
-    "Dorothy": ["Dot"],
+    "James": ["Jim", "Jimmy"], "John": ["Jack", "Johnny"], "Robert": ["Bob", "Rob", "Bobby"], "Michael":
+    ["Mike"], "William": ["Bill", "Will", "Billy"], "David": ["Dave"], "Richard": ["Rick", "Dick", "Rich"],
+    "Joseph": ["Joe"], "Thomas": ["Tom", "Tommy"], "Charles": ["Charlie", "Chuck"], "Christopher": ["Chris"],
+    "Daniel": ["Dan", "Danny"], "Matthew": ["Matt"], "Anthony": ["Tony"], "Donald": ["Don"], "Steven":
+    ["Steve"], "Andrew": ["Andy", "Drew"], "Joshua": ["Josh"], "Kenneth": ["Ken"], "Edward": ["Ed", "Ted",
+    "Eddie"], "Ronald": ["Ron"], "Timothy": ["Tim"], "Jeffrey": ["Jeff"], "Jacob": ["Jake"], "Nicholas":
+    ["Nick"], "Jonathan": ["Jon"], "Stephen": ["Steve"], "Lawrence": ["Larry"], "Benjamin": ["Ben"], "Samuel":
+    ["Sam"], "Gregory": ["Greg"], "Alexander": ["Alex"], "Patrick": ["Pat"], "Peter": ["Pete"], "Zachary":
+    ["Zach"], "Elizabeth": ["Liz", "Beth", "Betty"], "Margaret": ["Maggie", "Peggy", "Meg"], "Patricia":
+    ["Pat", "Patty"], "Jennifer": ["Jen", "Jenny"], "Susan": ["Sue"], "Jessica": ["Jess"], "Katherine":
+    ["Kate", "Kathy"], "Catherine": ["Cathy", "Kate"], "Kimberly": ["Kim"], "Rebecca": ["Becky"], "Deborah":
+    ["Debbie", "Deb"], "Pamela": ["Pam"], "Samantha": ["Sam"], "Christine": ["Chris"], "Victoria": ["Vicky"],
+    "Abigail": ["Abby"], "Judith": ["Judy"], "Stephanie": ["Steph"], "Cynthia": ["Cindy"], "Amanda":
+    ["Mandy"], "Theresa": ["Terry"], "Dorothy": ["Dot"],
 }
-SURNAMES_COMMON = [
-    "Smith",
-    "Johnson",
-    "Williams",
-    "Brown",
-    "Jones",
-    "Garcia",
-    "Miller",
-    "Davis",
-    "Rodriguez",
-    "Martinez",
-]
-SURNAMES = [
-    "Hernandez",
-    "Lopez",
-    "Gonzalez",
-    "Wilson",
-    "Anderson",
-    "Thomas",
-    "Taylor",
-    "Moore",
-    "Jackson",
-    "Martin",
-    "Lee",
-    "Perez",
-    "Thompson",
-    "White",
-    "Harris",
-    "Sanchez",
-    "Clark",
-    "Ramirez",
-    "Lewis",
-    "Robinson",
-    "Walker",
-    "Young",
-    "Allen",
-    "King",
-    "Wright",
-    "Scott",
-    "Torres",
-    "Nguyen",
-    "Hill",
-    "Flores",
-    "Green",
-    "Adams",
-    "Nelson",
-    "Baker",
-    "Hall",
-    "Rivera",
-    "Campbell",
-    "Mitchell",
-    "Carter",
-    "Roberts",
-    "Gomez",
-    "Phillips",
-    "Evans",
-    "Turner",
-    "Diaz",
-    "Parker",
-    "Cruz",
-    "Edwards",
-    "Collins",
-    "Reyes",
-    "Stewart",
-    "Morris",
-    "Morales",
-    "Murphy",
-    "Cook",
-    "Rogers",
-    "Gutierrez",
-    "Ortiz",
-    "Morgan",
-    "Cooper",
-    "Peterson",
-    "Bailey",
-    "Reed",
-    "Kelly",
-    "Howard",
-    "Ramos",
-    "Kim",
-    "Cox",
-    "Ward",
-    "Richardson",
-    "Watson",
-    "Brooks",
-    "Chavez",
-    "Wood",
-    "James",
-    "Bennett",
-    "Gray",
-    "Mendoza",
-    "Ruiz",
-    "Hughes",
-    "Price",
-    "Alvarez",
-    "Castillo",
-    "Sanders",
-    "Patel",
-    "Myers",
-    "Long",
-    "Ross",
-    "Foster",
-    "Jimenez",
-    "Quillfeather",
-    "Marchetti",
-    "Oyelaran",
-    "Vasquez-Rowe",
-    "Thistlewood",
-    "Abernathy",
-    "Okonkwo",
-    "Brannigan",
-    "Delacroix",
-    "Fairweather",
-    "Halvorsen",
-    "Ivanova",
-    "Kowalczyk",
-    "Lindqvist",
-    "Mbeki",
-    "Nakamura",
-    "Oduya",
-    "Pellegrino",
-    "Rasmussen",
-    "Szabo",
-    "Tremblay",
-    "Underhill",
-    "Valdés",
-    "Whitcombe",
-    "Yilmaz",
-    "Zielinski",
-    "Achterberg",
-    "Bellweather",
-    "Castellanos",
-    "Dunmore",
-    "Esterhazy",
-    "Fitzwilliam",
-    "Gallagher",
-    "Hargreaves",
-    "Ingersoll",
-    "Jablonski",
-    "Kettleborough",
-    "Lacroix",
-    "Montague",
-    "Northcott",
-    "Oyelowo",
-    "Pemberton",
-]
-STREETS = [
-    "Elm",
-    "Oak",
-    "Maple",
-    "Cedar",
-    "Pine",
-    "Birch",
-    "Willow",
-    "Aspen",
-    "Chestnut",
-    "Hawthorn",
-    "Juniper",
-    "Linden",
-    "Magnolia",
-    "Poplar",
-    "Sycamore",
-    "Alder",
-]
-STREET_KINDS = [
-    ("Street", "St"),
-    ("Avenue", "Ave"),
-    ("Road", "Rd"),
-    ("Lane", "Ln"),
-    ("Drive", "Dr"),
-    ("Court", "Ct"),
-]
+SURNAMES_COMMON = """Smith Johnson Williams Brown Jones Garcia Miller Davis Rodriguez Martinez""".split()  # noqa: SIM905
+SURNAMES = """Hernandez Lopez Gonzalez Wilson Anderson Thomas Taylor Moore Jackson Martin Lee Perez Thompson White
+Harris Sanchez Clark Ramirez Lewis Robinson Walker Young Allen King Wright Scott Torres Nguyen Hill
+Flores Green Adams Nelson Baker Hall Rivera Campbell Mitchell Carter Roberts Gomez Phillips Evans
+Turner Diaz Parker Cruz Edwards Collins Reyes Stewart Morris Morales Murphy Cook Rogers Gutierrez
+Ortiz Morgan Cooper Peterson Bailey Reed Kelly Howard Ramos Kim Cox Ward Richardson Watson Brooks
+Chavez Wood James Bennett Gray Mendoza Ruiz Hughes Price Alvarez Castillo Sanders Patel Myers Long
+Ross Foster Jimenez Quillfeather Marchetti Oyelaran Vasquez-Rowe Thistlewood Abernathy Okonkwo
+Brannigan Delacroix Fairweather Halvorsen Ivanova Kowalczyk Lindqvist Mbeki Nakamura Oduya
+Pellegrino Rasmussen Szabo Tremblay Underhill Valdés Whitcombe Yilmaz Zielinski Achterberg
+Bellweather Castellanos Dunmore Esterhazy Fitzwilliam Gallagher Hargreaves Ingersoll Jablonski
+Kettleborough Lacroix Montague Northcott Oyelowo Pemberton""".split()  # noqa: SIM905
+STREETS = """Elm Oak Maple Cedar Pine Birch Willow Aspen Chestnut Hawthorn Juniper Linden Magnolia Poplar
+Sycamore Alder""".split()  # noqa: SIM905
+STREET_KINDS = [("Street", "St"), ("Avenue", "Ave"), ("Road", "Rd"), ("Lane", "Ln"), ("Drive", "Dr"), ("Court", "Ct")]
 CITIES = [
-    ("Fairhaven", "IL", "606"),
-    ("Brookmere", "IL", "605"),
-    ("Westbridge", "OH", "441"),
-    ("Lakeview", "OH", "443"),
-    ("Millbrook", "PA", "191"),
-    ("Riverton", "PA", "152"),
-    ("Ashford", "NY", "146"),
-    ("Northgate", "NY", "142"),
-    ("Cedar Falls", "MN", "554"),
-    ("Stonehill", "MN", "559"),
-    ("Greenport", "MA", "021"),
+    ("Fairhaven", "IL", "606"), ("Brookmere", "IL", "605"), ("Westbridge", "OH", "441"), ("Lakeview", "OH",
+    "443"), ("Millbrook", "PA", "191"), ("Riverton", "PA", "152"), ("Ashford", "NY", "146"), ("Northgate",
+    "NY", "142"), ("Cedar Falls", "MN", "554"), ("Stonehill", "MN", "559"), ("Greenport", "MA", "021"),
     ("Harborview", "MA", "024"),
 ]
 AREA_CODES = [str(a) for a in range(201, 990, 7)]
+# fmt: on
 
 
 @dataclass
@@ -554,9 +151,7 @@ class SynthRecord:
 class Dataset:
     persons: list[Person]
     records: list[SynthRecord]
-    hard_negatives: dict[tuple[int, int], str] = field(
-        default_factory=dict
-    )  # person pair → kind
+    hard_negatives: dict[tuple[int, int], str] = field(default_factory=dict)  # person pair → kind
 
 
 class Generator:
@@ -564,9 +159,7 @@ class Generator:
         self.rng = random.Random(seed)
         # Zipf-like surname weights: the ten common surnames cover ~30 % of persons
         self.surnames = SURNAMES_COMMON + SURNAMES
-        self.surname_weights = [30.0 / (i + 1) for i in range(len(SURNAMES_COMMON))] + [
-            0.6
-        ] * len(SURNAMES)
+        self.surname_weights = [30.0 / (i + 1) for i in range(len(SURNAMES_COMMON))] + [0.6] * len(SURNAMES)
         self.pid = 0
         self.group = 0
 
@@ -579,16 +172,12 @@ class Generator:
         return self.rng.choices(self.surnames, self.surname_weights)[0]
 
     def _dob(self, lo: int = 1935, hi: int = 2022) -> date:
-        return date(lo, 1, 1) + timedelta(
-            days=self.rng.randrange((date(hi, 12, 31) - date(lo, 1, 1)).days)
-        )
+        return date(lo, 1, 1) + timedelta(days=self.rng.randrange((date(hi, 12, 31) - date(lo, 1, 1)).days))
 
     def _phone(self) -> str:
         return f"{self.rng.choice(AREA_CODES)}5550{self.rng.randrange(100, 200)}"
 
-    def _address(
-        self, city: tuple[str, str, str] | None = None
-    ) -> tuple[str, str, str, str]:
+    def _address(self, city: tuple[str, str, str] | None = None) -> tuple[str, str, str, str]:
         name, state, prefix = city or self.rng.choice(CITIES)
         street = f"{self.rng.randrange(1, 9999)} {self.rng.choice(STREETS)} {self.rng.choice(STREET_KINDS)[0]}"
         return street, name, state, f"{prefix}{self.rng.randrange(0, 100):02d}"
@@ -599,9 +188,7 @@ class Generator:
         given = overrides.pop("given", None) or self._given(gender)
         family = overrides.pop("family", None) or self._surname()
         if "family" not in overrides and self.rng.random() < 0.05 and "-" not in family:
-            family = (
-                f"{family}-{self._surname()}" if self.rng.random() < 0.5 else family
-            )
+            family = f"{family}-{self._surname()}" if self.rng.random() < 0.5 else family
         email = ""
         if self.rng.random() < 0.6:
             email = f"{given.lower()}.{family.lower()}{self.rng.randrange(1, 99)}@example.{self.rng.choice(['com', 'org', 'net'])}"
@@ -638,17 +225,13 @@ class Generator:
             while spouse_given == p.given:
                 spouse_given = self._given(other_gender)
             dob = p.dob + timedelta(days=self.rng.randrange(-8 * 365, 8 * 365))
-            spouse = self._person(
-                gender=other_gender, given=spouse_given, dob=dob, **shared
-            )
+            spouse = self._person(gender=other_gender, given=spouse_given, dob=dob, **shared)
             wife = spouse if spouse.gender == "female" else p
             if self.rng.random() < 0.2:
                 wife.maiden = self._surname()
             people = [p, spouse]
             if kind == "family3":
-                child_dob = max(p.dob, spouse.dob) + timedelta(
-                    days=self.rng.randrange(20 * 365, 40 * 365)
-                )
+                child_dob = max(p.dob, spouse.dob) + timedelta(days=self.rng.randrange(20 * 365, 40 * 365))
                 if child_dob < date(2025, 1, 1):
                     people.append(self._person(dob=child_dob, **shared))
             return people
@@ -718,11 +301,7 @@ class Generator:
     def _digit_typo(self, digits: str) -> str:
         i = self.rng.randrange(len(digits) - 1)
         if self.rng.random() < 0.5:
-            return (
-                digits[:i]
-                + str((int(digits[i]) + self.rng.randrange(1, 10)) % 10)
-                + digits[i + 1 :]
-            )
+            return digits[:i] + str((int(digits[i]) + self.rng.randrange(1, 10)) % 10) + digits[i + 1 :]
         return digits[:i] + digits[i + 1] + digits[i] + digits[i + 2 :]
 
     def _case(self, text: str) -> str:
@@ -749,9 +328,7 @@ class Generator:
             given, family = family, given
         if self._hit("placeholder"):
             family = "UNKNOWN"
-        givens = [self._case(given)] + (
-            [self._case(person.middle)] if person.middle and r() < 0.6 else []
-        )
+        givens = [self._case(given)] + ([self._case(person.middle)] if person.middle and r() < 0.6 else [])
         if self._hit("placeholder"):
             givens = [
                 self.rng.choice(
@@ -761,11 +338,7 @@ class Generator:
                     ]
                 )
             ]
-        suffix = (
-            [person.generation]
-            if person.generation and self._hit("generation_suffix_shown")
-            else []
-        )
+        suffix = [person.generation] if person.generation and self._hit("generation_suffix_shown") else []
         name = HumanName(family=self._case(family), given=givens, suffix=suffix)
 
         dob = person.dob
@@ -777,9 +350,7 @@ class Generator:
             text_dob = f"{year:04d}-{dob.month:02d}-{min(dob.day, 28):02d}"
         elif self._hit("dob_component_off"):
             if r() < 0.5:
-                text_dob = (
-                    f"{dob.year:04d}-{dob.month:02d}-{self.rng.randrange(1, 29):02d}"
-                )
+                text_dob = f"{dob.year:04d}-{dob.month:02d}-{self.rng.randrange(1, 29):02d}"
             else:
                 text_dob = f"{dob.year:04d}-{self.rng.randrange(1, 13):02d}-{min(dob.day, 28):02d}"
         if self._hit("dob_partial"):
@@ -812,8 +383,8 @@ class Generator:
         telecoms = []
         if r() < profile["phone"]:
             phone = self._phone() if moved and r() < 0.5 else person.phone
-            if self._hit("phone_typo"):
-                phone = self._digit_typo(phone)
+            if self._hit("phone_typo"):  # only the last two digits, so the number stays 555-01xx
+                phone = phone[:-2] + self._digit_typo(phone[-2:])
             if self._hit("placeholder"):
                 phone = "0000000000"
             fmt = self.rng.randrange(4)
@@ -854,9 +425,7 @@ class Generator:
             gender=person.gender if r() < profile["gender"] else None,
             addresses=addresses,
             telecoms=telecoms,
-            multiple_birth=(1 + (person.pid % 2))
-            if person.household == "twins" and r() < 0.3
-            else None,
+            multiple_birth=(1 + (person.pid % 2)) if person.household == "twins" and r() < 0.3 else None,
         )
         return SynthRecord(record_id, person.pid, feed, patient)
 
@@ -878,14 +447,8 @@ def generate(n_persons: int = 5000, seed: int = 42) -> Dataset:
             for b in members[i + 1 :]:
                 kind = a.household
                 if kind == "family3":
-                    kind = (
-                        "parent_child"
-                        if abs(a.dob.year - b.dob.year) >= 18
-                        else "spouses"
-                    )
-                hard[(a.pid, b.pid)] = {"common_name_group": "common_name"}.get(
-                    kind, kind
-                )
+                    kind = "parent_child" if abs(a.dob.year - b.dob.year) >= 18 else "spouses"
+                hard[(a.pid, b.pid)] = {"common_name_group": "common_name"}.get(kind, kind)
     records: list[SynthRecord] = []
     feeds = list(FEEDS)
     for p in persons:

@@ -8,6 +8,10 @@ path stays fast; processing takes the pauses between arrivals (in short slices w
 are active, in large batches once they are quiet) and takes turns with storing once the backlog
 passes `max_backlog` (backpressure: ACKs slow down rather than the backlog growing without end).
 
+A batch holding messages whose door waits for the result (FHIR writes: the answer carries the new
+resource) is stored and processed in one transaction (`store_and_process`), and those doors wait on
+asyncio futures woken when processing passes their message (`accept_with_result`).
+
 `wait_processed` gives readers read-your-writes: a FHIR read waits (briefly) until everything
 acknowledged before it began has been processed.
 """
@@ -25,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from hub.messages import InboundMessage, Outcome, Status
-from hub.pipeline import Reader, UowFactory, process_pending, store_batch
+from hub.pipeline import Reader, UowFactory, process_pending, store_and_process, store_batch
 
 log = logging.getLogger("hub.intake")
 
@@ -146,21 +150,39 @@ class Intake:
                 items = [await self._queue.get()]
             while len(items) < MAX_BATCH and not self._queue.empty():
                 items.append(self._queue.get_nowait())
-            outcomes = await loop.run_in_executor(self._writer, store_batch, self._uow_factory, [m for m, _ in items])
+            batch = [m for m, _ in items]
+            awaited = any(m.events for m in batch)
+            if awaited:  # a door waits for the processing of these (FHIR): store and process in one go
+                outcomes, last, drained = await loop.run_in_executor(
+                    self._writer, store_and_process, self._uow_factory, self._readers, batch,
+                    max(self._process_batch, len(batch)), self._results, self._read,
+                )
+            else:
+                outcomes = await loop.run_in_executor(self._writer, store_batch, self._uow_factory, batch)
             self._last_store = time.monotonic()
             stored = [o.message_id for o in outcomes if o.message_id is not None]
             if stored:
                 with self._watermark:
                     self._stored_upto = max(self._stored_upto, *stored)
                 self._work_to_do = True
-            for (message, future), outcome in zip(items, outcomes, strict=True):
-                if message.events and message.status is Status.ACCEPTED and outcome.message_id is not None \
-                        and outcome.duplicate_of is None:
-                    self._read[outcome.message_id] = message
+            if awaited:
+                with self._watermark:
+                    if last is not None:
+                        self._processed_upto = max(self._processed_upto, last)
+                    if drained:
+                        self._work_to_do = False
+                        self._processed_upto = max(self._processed_upto, self._stored_upto)
+                    self._watermark.notify_all()
+                self._wake_waiters()
+            else:
+                for message, outcome in zip(batch, outcomes, strict=True):
+                    if message.events and message.status is Status.ACCEPTED and outcome.message_id is not None \
+                            and outcome.duplicate_of is None:
+                        self._read[outcome.message_id] = message
+            for (_, future), outcome in zip(items, outcomes, strict=True):
                 if not future.done():
                     future.set_result(outcome)
-            if any(message.events for message, _ in items) or self.backlog > self._max_backlog:
-                # A door is waiting for these to be processed (FHIR): no pause first.
+            if self.backlog > self._max_backlog:
                 await self._process(loop)
 
     async def _process(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -52,22 +52,66 @@ def store_batch(uow_factory: UowFactory, batch: Sequence[InboundMessage]) -> lis
 
 
 def _store(uow_factory: UowFactory, batch: Sequence[InboundMessage]) -> list[Outcome]:
+    with uow_factory() as uow:
+        outcomes = _store_into(uow, batch)
+        uow.commit()
+    return outcomes
+
+
+def _store_into(uow: UnitOfWork, batch: Sequence[InboundMessage]) -> list[Outcome]:
     received_at = utcnow()
     outcomes: list[Outcome | None] = []
-    with uow_factory() as uow:
-        for inbound in batch:
-            state = "pending" if inbound.status is Status.ACCEPTED else "none"
-            message_id = uow.messages.add(NewMessage(inbound, state), received_at)
-            outcomes.append(None if message_id is None else Outcome(message_id, inbound.status, tuple(inbound.problems)))
-        resent = [i for i, outcome in enumerate(outcomes) if outcome is None]
-        if resent:  # answered with the original's outcome (also when the original is earlier in this batch)
-            originals = uow.messages.outcomes_for([batch[i].dedupe_key for i in resent])  # type: ignore[misc]
-            for i in resent:
-                original = originals[batch[i].dedupe_key]  # type: ignore[index]
-                message_id = uow.messages.add(NewMessage(batch[i], "none", duplicate_of=original.message_id), received_at)
-                outcomes[i] = Outcome(message_id, original.status, original.problems, duplicate_of=original.message_id)
-        uow.commit()
+    for inbound in batch:
+        state = "pending" if inbound.status is Status.ACCEPTED else "none"
+        message_id = uow.messages.add(NewMessage(inbound, state), received_at)
+        outcomes.append(None if message_id is None else Outcome(message_id, inbound.status, tuple(inbound.problems)))
+    resent = [i for i, outcome in enumerate(outcomes) if outcome is None]
+    if resent:  # answered with the original's outcome (also when the original is earlier in this batch)
+        originals = uow.messages.outcomes_for([batch[i].dedupe_key for i in resent])  # type: ignore[misc]
+        for i in resent:
+            original = originals[batch[i].dedupe_key]  # type: ignore[index]
+            message_id = uow.messages.add(NewMessage(batch[i], "none", duplicate_of=original.message_id), received_at)
+            outcomes[i] = Outcome(message_id, original.status, original.problems, duplicate_of=original.message_id)
     return outcomes  # type: ignore[return-value]
+
+
+def store_and_process(
+    uow_factory: UowFactory, readers: Mapping[str, Reader], batch: Sequence[InboundMessage], limit: int,
+    results: dict[int, Any], read: dict[int, InboundMessage],
+) -> tuple[list[Outcome], int | None, bool]:
+    """For doors that wait for the result (FHIR): store the batch and process pending messages (in
+    acceptance order, these included as far as `limit` reaches) in one transaction, one disk flush.
+    Still "stored, then processed, then answered": nobody is answered before the commit, and if
+    processing fails the batch is stored on its own (then processed like any other).
+    Returns the outcomes, the highest id processed, and whether nothing was left pending."""
+    try:
+        with uow_factory() as uow:
+            outcomes = _store_into(uow, batch)
+            fresh = {
+                o.message_id: m for m, o in zip(batch, outcomes, strict=True)
+                if m.events and m.status is Status.ACCEPTED and o.message_id is not None and o.duplicate_of is None
+            }
+            last, drained, done, processed = None, False, {}, set()
+            if uow.try_lock(PROCESSING_LOCK):
+                pending = uow.messages.pending(limit)
+                if pending:
+                    items = [(m.id, read.get(m.id) or fresh.get(m.id) or _read(readers, m)) for m in pending]
+                    done = process_events(uow, items)
+                    uow.messages.mark([m.id for m in pending], "processed")
+                    last = pending[-1].id
+                    processed = {m.id for m in pending}
+                drained = len(pending) < limit
+            uow.commit()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("storing and processing a batch together failed (%s); storing it alone", type(exc).__name__)
+        return store_batch(uow_factory, batch), None, False
+    results.update(done)
+    for message_id in processed:
+        read.pop(message_id, None)
+    for message_id, message in fresh.items():
+        if message_id not in processed:  # left for a later slice (or another process holds the lock)
+            read[message_id] = message
+    return outcomes, last, drained
 
 
 def process_pending(

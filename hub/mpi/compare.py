@@ -31,9 +31,7 @@ DIFFERENT = "different"
 
 # National-id identifier types (HL7 table 0203) and systems the MPI compares as "the" national id.
 NATIONAL_ID_TYPES = frozenset({"SS", "SSN", "NI", "NN", "NNUS"})
-NATIONAL_ID_SYSTEMS = frozenset(
-    {"http://hl7.org/fhir/sid/us-ssn", "urn:oid:2.16.840.1.113883.4.1"}
-)
+NATIONAL_ID_SYSTEMS = frozenset({"http://hl7.org/fhir/sid/us-ssn", "urn:oid:2.16.840.1.113883.4.1"})
 GENERATIONS = {
     "JR": "JR",
     "JUNIOR": "JR",
@@ -103,9 +101,7 @@ def load_placeholders(path: Path = DATA_DIR / "placeholders.yaml") -> Placeholde
         national_ids=digits("national_ids"),
         phones=digits("phones"),
         email_locals=frozenset(str(v).lower() for v in raw.get("email_locals", [])),
-        postal_codes=frozenset(
-            norm_postal(str(v)) or "" for v in raw.get("postal_codes", [])
-        ),
+        postal_codes=frozenset(norm_postal(str(v)) or "" for v in raw.get("postal_codes", [])),
         address_lines=text("address_lines"),
     )
 
@@ -142,9 +138,7 @@ def norm_text(value: str | None) -> str:
 
 
 def norm_address_line(value: str | None) -> str:
-    return " ".join(
-        STREET_WORDS.get(token, token) for token in norm_text(value).split()
-    )
+    return " ".join(STREET_WORDS.get(token, token) for token in norm_text(value).split())
 
 
 def norm_phone(value: str | None) -> str:
@@ -221,22 +215,14 @@ def features(patient: Patient) -> Features:
     names = sorted(patient.names, key=lambda n: n.use != "official")
     given = middle = family = generation = ""
     family_parts: list[str] = []
-    for (
-        name
-    ) in names:  # the official name first; later names only add surnames (maiden, old)
+    for name in names:  # the official name first; later names only add surnames (maiden, old)
         fam, gen = _strip_generation(norm_text(name.family))
         givens = [g for g in (norm_text(x) for x in name.given) if g]
-        if (
-            f"{' '.join(givens)} {fam}".strip() in ph.given
-        ):  # JOHN DOE: the whole name is the placeholder
+        if f"{' '.join(givens)} {fam}".strip() in ph.given:  # JOHN DOE: the whole name is the placeholder
             givens, fam = [], ""
         fam = "" if fam in ph.family else fam
         # a placeholder first given name means the given name is unknown: never promote the middle
-        givens = (
-            []
-            if givens and givens[0] in ph.given
-            else [g for g in givens if g not in ph.given]
-        )
+        givens = [] if givens and givens[0] in ph.given else [g for g in givens if g not in ph.given]
         if len(givens) > 1 and givens[-1] in GENERATIONS:
             gen = gen or GENERATIONS[givens.pop()]
         generation = generation or gen or generation_of(name.suffix)
@@ -252,15 +238,9 @@ def features(patient: Patient) -> Features:
         dob = ""
     national_id = ""
     for identifier in patient.identifiers:
-        if (
-            identifier.type or ""
-        ).upper() in NATIONAL_ID_TYPES or identifier.system in NATIONAL_ID_SYSTEMS:
+        if (identifier.type or "").upper() in NATIONAL_ID_TYPES or identifier.system in NATIONAL_ID_SYSTEMS:
             digits = _NON_DIGIT.sub("", identifier.value)
-            if (
-                digits
-                and digits not in ph.national_ids
-                and not is_repeated_digit(digits)
-            ):
+            if digits and digits not in ph.national_ids and not is_repeated_digit(digits):
                 national_id = digits
                 break
     phones, emails = [], []
@@ -271,11 +251,7 @@ def features(patient: Patient) -> Features:
                 emails.append(email)
         elif contact.system in ("phone", "fax", "pager"):
             phone = norm_phone(contact.value)
-            if (
-                len(phone) >= 7
-                and phone not in ph.phones
-                and not is_repeated_digit(phone)
-            ):
+            if len(phone) >= 7 and phone not in ph.phones and not is_repeated_digit(phone):
                 phones.append(phone)
     postal = address = city = ""
     for addr in sorted(patient.addresses, key=lambda a: a.use == "old"):
@@ -305,9 +281,7 @@ def features(patient: Patient) -> Features:
         postal=postal,
         address=address,
         city=city,
-        multiple_birth=(int(multiple) if not isinstance(multiple, bool) else None)
-        if multiple is not None
-        else None,
+        multiple_birth=(int(multiple) if not isinstance(multiple, bool) else None) if multiple is not None else None,
     )
 
 
@@ -392,12 +366,7 @@ def _adjacent_transposition(x: str, y: str) -> bool:
     if len(x) != len(y):
         return False
     diff = [i for i, (c, d) in enumerate(zip(x, y)) if c != d]
-    return (
-        len(diff) == 2
-        and diff[1] == diff[0] + 1
-        and x[diff[0]] == y[diff[1]]
-        and x[diff[1]] == y[diff[0]]
-    )
+    return len(diff) == 2 and diff[1] == diff[0] + 1 and x[diff[0]] == y[diff[1]] and x[diff[1]] == y[diff[0]]
 
 
 def compare_national_id(a: Features, b: Features) -> str:
@@ -421,11 +390,7 @@ def compare_phone(a: Features, b: Features) -> str:
     # a 7-digit local number against a 10-digit one, or one mistyped digit
     for x in a.phones:
         for y in b.phones:
-            if (
-                x[-7:] == y[-7:]
-                or _one_substitution(x, y)
-                or _adjacent_transposition(x, y)
-            ):
+            if x[-7:] == y[-7:] or _one_substitution(x, y) or _adjacent_transposition(x, y):
                 return "typo"
     return DIFFERENT
 
@@ -503,9 +468,7 @@ def swapped(a: Features) -> Features:
         given=a.family,
         family=a.given,
         family_parts=(a.given,) if a.given else (),
-        given_roots=nicknames.get(a.family, frozenset({a.family}))
-        if a.family
-        else frozenset(),
+        given_roots=nicknames.get(a.family, frozenset({a.family})) if a.family else frozenset(),
         given_phon=a.family_phon,
         family_phon=a.given_phon,
     )

@@ -21,9 +21,7 @@ class Decision:
     band: str  # link | review | new
     person_id: str | None  # the person to link to (link) or the best candidate (review)
     explanation: Explanation | None  # the best pair's explanation
-    others: list[tuple[str, Explanation]] = field(
-        default_factory=list
-    )  # other persons in link/review bands
+    others: list[tuple[str, Explanation]] = field(default_factory=list)  # other persons in link/review bands
     reason: str = ""
 
 
@@ -63,9 +61,7 @@ def decide(
 
 def format_explanation(e: Explanation) -> str:
     """Plain-text table for `hub mpi explain` (levels and weights only, no patient values)."""
-    lines = [
-        f"model {e.model_version}: weight {e.weight:.2f} bits, probability {e.probability:.6f}, band {e.band}"
-    ]
+    lines = [f"model {e.model_version}: weight {e.weight:.2f} bits, probability {e.probability:.6f}, band {e.band}"]
     if e.names_swapped:
         lines.append("given and family names compared swapped")
     lines.extend(

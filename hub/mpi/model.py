@@ -81,9 +81,7 @@ class TermFrequencies:
     floor: float = 1e-5
 
     @classmethod
-    def from_features(
-        cls, records: list[Features], fields: tuple[str, ...] = ("family", "given")
-    ) -> TermFrequencies:
+    def from_features(cls, records: list[Features], fields: tuple[str, ...] = ("family", "given")) -> TermFrequencies:
         tables: dict[str, dict[str, float]] = {}
         for name in fields:
             counts: dict[str, int] = {}
@@ -111,9 +109,7 @@ class Model:
     link_weight: float  # at or above: auto-link (unless a guard fires)
     review_weight: float  # at or above: review; below: new person
     tf_fields: tuple[str, ...] = ("family", "given")
-    tf_min_u: float = (
-        1e-4  # floor on a term-frequency u, bounding the bonus of a rare name
-    )
+    tf_min_u: float = 1e-4  # floor on a term-frequency u, bounding the bonus of a rare name
     trained_on: dict[str, Any] = field(default_factory=dict)
     term_frequencies: TermFrequencies | None = None
     groups: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -128,11 +124,7 @@ class Model:
         }
         self._prior_weight = math.log2(self.prior / (1.0 - self.prior))
         self._tf_m = {name: self.fields[name]["exact"]["m"] for name in self.tf_fields}
-        self._group_of = {
-            member: group
-            for group, spec in self.groups.items()
-            for member in spec["fields"]
-        }
+        self._group_of = {member: group for group, spec in self.groups.items() for member in spec["fields"]}
 
     # --- persistence ------------------------------------------------------------------------
 
@@ -141,9 +133,7 @@ class Model:
         for name, levels in data["fields"].items():
             unknown = set(levels) - set(LEVELS.get(name, ()))
             if name not in LEVELS or unknown:
-                raise ValueError(
-                    f"model field {name!r} has unknown levels {sorted(unknown)}"
-                )
+                raise ValueError(f"model field {name!r} has unknown levels {sorted(unknown)}")
         tf = data.get("term_frequencies")
         return cls(
             version=data["version"],
@@ -197,9 +187,7 @@ class Model:
         odds = 2.0**weight
         return odds / (1.0 + odds)
 
-    def score_features(
-        self, a: Features, b: Features, tf: TermFrequencies | None = None
-    ) -> Explanation:
+    def score_features(self, a: Features, b: Features, tf: TermFrequencies | None = None) -> Explanation:
         tf = tf or self.term_frequencies
         levels, names_swapped = compare_pair(a, b)
         total = self._prior_weight
@@ -213,12 +201,7 @@ class Model:
                 continue
             weight = weights[name].get(level, 0.0)
             adjusted = False
-            if (
-                tf is not None
-                and level == "exact"
-                and name in self._tf_m
-                and not names_swapped
-            ):
+            if tf is not None and level == "exact" and name in self._tf_m and not names_swapped:
                 freq = tf.get(name, getattr(a, name))
                 if freq is not None:
                     weight = math.log2(self._tf_m[name] / max(freq, self.tf_min_u))
@@ -276,7 +259,8 @@ def hard_negative_guards(a: Features, b: Features, levels: dict[str, str]) -> li
     """Reasons this pair must not be auto-linked, whatever its weight.
 
     - twin: given names that are neither equal, typo-close, nicknames nor initials of each other
-      with (nearly) the same birth date, or different multiple-birth orders;
+      with (nearly) the same birth date, or different multiple-birth orders; or typo-close given
+      names with the same birth date and no national id or e-mail agreeing;
     - generation: different Jr/Sr/II/III, or birth years 20 or more apart (parent and child);
     - spouse: same surname and address or phone, different given name and birth date;
     - given_mismatch: any other pair whose given names clearly differ (siblings, relatives);
@@ -298,6 +282,15 @@ def hard_negative_guards(a: Features, b: Features, levels: dict[str, str]) -> li
         and b.multiple_birth
         and a.multiple_birth != b.multiple_birth
     ):
+        guards.append("twin")
+    elif (
+        levels["given"] == "jw92"
+        and levels["birth_date"] == "exact"
+        and levels["national_id"] not in _IDENTITY["national_id"]
+        and levels["email"] != "exact"
+    ):
+        # TERESA and THERESA born the same day: a typo or twins, and nothing personal
+        # (national id, e-mail) to tell which
         guards.append("twin")
     year_a, year_b = a.birth_year, b.birth_year
     if (a.generation and b.generation and a.generation != b.generation) or (
@@ -333,8 +326,6 @@ def load_model(path: Path | None = None) -> Model:
     global _DEFAULT
     if path is None:
         if _DEFAULT is None:
-            _DEFAULT = Model.from_dict(
-                json.loads(MODEL_PATH.read_text(encoding="utf-8"))
-            )
+            _DEFAULT = Model.from_dict(json.loads(MODEL_PATH.read_text(encoding="utf-8")))
         return _DEFAULT
     return Model.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))

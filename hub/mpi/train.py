@@ -25,9 +25,7 @@ from hub.mpi.model import Model
 
 FIELDS = tuple(LEVELS)
 _SMOOTH = 0.5  # pseudo-count per level so that no m or u is ever exactly 0
-M_FLOOR = (
-    0.005  # no disagreement is impossible for a true match (gender is miscoded too)
-)
+M_FLOOR = 0.005  # no disagreement is impossible for a true match (gender is miscoded too)
 
 
 def _vector(a: Features, b: Features) -> tuple[str, ...]:
@@ -35,9 +33,7 @@ def _vector(a: Features, b: Features) -> tuple[str, ...]:
     return tuple(levels[f] for f in FIELDS)
 
 
-def estimate_u(
-    records: Sequence[Features], n_pairs: int = 50_000, seed: int = 0
-) -> dict[str, dict[str, float]]:
+def estimate_u(records: Sequence[Features], n_pairs: int = 50_000, seed: int = 0) -> dict[str, dict[str, float]]:
     """u per field and level, from `n_pairs` random pairs of distinct records."""
     rng = random.Random(seed)
     counts = {f: Counter() for f in FIELDS}
@@ -52,9 +48,7 @@ def estimate_u(
     return {f: _normalise(counts[f], LEVELS[f]) for f in FIELDS}
 
 
-def _normalise(
-    counts: Counter | dict[str, float], levels: Sequence[str]
-) -> dict[str, float]:
+def _normalise(counts: Counter | dict[str, float], levels: Sequence[str]) -> dict[str, float]:
     total = sum(counts.get(level, 0.0) for level in levels) + _SMOOTH * len(levels)
     return {level: (counts.get(level, 0.0) + _SMOOTH) / total for level in levels}
 
@@ -115,14 +109,7 @@ def estimate_m(
             for i in used:
                 if vector[i] != MISSING:
                     expected[FIELDS[i]][vector[i]] += p * count
-        new_m = (
-            m
-            if fix_m
-            else {
-                f: (_normalise(expected[f], LEVELS[f]) if f not in skip else m[f])
-                for f in FIELDS
-            }
-        )
+        new_m = m if fix_m else {f: (_normalise(expected[f], LEVELS[f]) if f not in skip else m[f]) for f in FIELDS}
         new_prior = min(max(total_p / total_n, 1e-6), 1 - 1e-6)
         delta = max(abs(new_m[f][lv] - m[f][lv]) for f in FIELDS for lv in LEVELS[f])
         delta = max(delta, abs(new_prior - prior))
@@ -163,12 +150,7 @@ def training_sessions(
         (frozenset({"national_id"}), by_nid),
     )
     for skip, index in plan:
-        pairs = [
-            pair
-            for members in index.values()
-            if len(members) <= 200
-            for pair in combinations(members, 2)
-        ]
+        pairs = [pair for members in index.values() if len(members) <= 200 for pair in combinations(members, 2)]
         sessions.append((skip, pairs))
     return sessions
 
@@ -206,11 +188,7 @@ def train(
             }
         )
     m = {
-        f: {
-            lv: sum(e[lv] for e in estimates[f]) / len(estimates[f]) for lv in LEVELS[f]
-        }
-        if estimates[f]
-        else m0[f]
+        f: {lv: sum(e[lv] for e in estimates[f]) / len(estimates[f]) for lv in LEVELS[f]} if estimates[f] else m0[f]
         for f in FIELDS
     }
     m = {f: _floor(m[f]) for f in FIELDS}
@@ -219,10 +197,7 @@ def train(
     if candidates:
         _, prior, _ = estimate_m(candidates, u, m, prior0=base.prior, fix_m=True)
     u = {f: _monotone(m[f], u[f]) for f in FIELDS}
-    fields = {
-        f: {lv: {"m": round(m[f][lv], 6), "u": round(u[f][lv], 8)} for lv in LEVELS[f]}
-        for f in FIELDS
-    }
+    fields = {f: {lv: {"m": round(m[f][lv], 6), "u": round(u[f][lv], 8)} for lv in LEVELS[f]} for f in FIELDS}
     info = {
         "source": trained_on,
         "records": len(records),
@@ -232,9 +207,7 @@ def train(
         "seed": seed,
         "base_version": base.version,
     }
-    digest = hashlib.sha256(
-        json.dumps([fields, round(prior, 8)], sort_keys=True).encode()
-    ).hexdigest()[:10]
+    digest = hashlib.sha256(json.dumps([fields, round(prior, 8)], sort_keys=True).encode()).hexdigest()[:10]
     return Model(
         version=version or f"fs-em-{digest}",
         prior=round(prior, 8),

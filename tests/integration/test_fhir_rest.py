@@ -514,3 +514,17 @@ def test_xml_transaction_and_external_entities_refused(running_hub: RunningHub) 
     with client(running_hub) as c:
         refused = c.post("/Patient", content=xxe, headers=XML)
     assert refused.status_code == 400
+
+
+def test_hl7v2_appointment_and_order_are_fhir_resources(running_hub: RunningHub) -> None:
+    mrn = unique("8")
+    _hl7(running_hub, "siu_s12_epic_251.hl7", mrn)
+    with client(running_hub) as c:
+        [entry] = c.get("/Patient", params={"identifier": mrn}).json()["entry"]
+        pid = entry["resource"]["id"]
+        appointments = c.get("/Appointment", params={"patient": pid}).json()
+        Bundle.model_validate(appointments)
+        [appointment] = appointments["entry"]
+        assert appointment["resource"]["participant"][0]["actor"]["reference"] == f"Patient/{pid}"
+        assert appointment["resource"]["start"].startswith("2024-07-15")
+        assert len(c.get("/Appointment", params={"patient": pid, "date": "2024-07-15"}).json()["entry"]) == 1

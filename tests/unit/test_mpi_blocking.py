@@ -21,16 +21,10 @@ def test_full_record_keys():
     )
     kinds = {k.split(":", 1)[0] for k in keys}
     assert kinds == {"fam_ny", "dob_pc", "nid", "phone", "email", "given_dob"}
-    assert (
-        "nid:900123456" in keys
-        and "phone:2125550142" in keys
-        and "email:wil.q@example.org" in keys
-    )
+    assert "nid:900123456" in keys and "phone:2125550142" in keys and "email:wil.q@example.org" in keys
     assert "dob_pc:1980-04-12|60614" in keys
     assert "given_dob:WILLIAM|1980-04-12" in keys  # the nickname's formal name
-    assert (
-        sum(k.startswith("fam_ny:") for k in keys) == 3
-    )  # the whole surname and both parts
+    assert sum(k.startswith("fam_ny:") for k in keys) == 3  # the whole surname and both parts
     assert len(keys) == len(set(keys))
 
 

@@ -203,16 +203,12 @@ def test_address_levels(x, y, expected):
 
 def test_gender_levels():
     assert level(c.compare_gender, pt(gender="female"), pt(gender="female")) == "exact"
-    assert (
-        level(c.compare_gender, pt(gender="female"), pt(gender="male")) == "different"
-    )
+    assert level(c.compare_gender, pt(gender="female"), pt(gender="male")) == "different"
     assert level(c.compare_gender, pt(gender="unknown"), pt(gender="male")) == "missing"
 
 
 def test_given_family_swap_is_detected():
-    levels, swapped = c.compare_pair(
-        features(pt("Quennell", "Wilbur")), features(pt("Wilbur", "Quennell"))
-    )
+    levels, swapped = c.compare_pair(features(pt("Quennell", "Wilbur")), features(pt("Wilbur", "Quennell")))
     assert swapped and levels["given"] == "exact" and levels["family"] == "exact"
 
 

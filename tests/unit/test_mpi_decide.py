@@ -14,9 +14,7 @@ def test_links_to_the_matching_person_among_strangers():
     model = load_model()
     incoming = features(pt("Bill", "Quennell", "1980-04-12", nid="900-12-3456", **HOME))
     candidates = {
-        "p1": [
-            features(pt("William", "Quennell", "1980-04-12", nid="900-12-3456", **HOME))
-        ],
+        "p1": [features(pt("William", "Quennell", "1980-04-12", nid="900-12-3456", **HOME))],
         "p2": [features(pt("Ottilie", "Abernathy", "1955-09-30"))],
     }
     d = decide(model, incoming, candidates)
@@ -25,9 +23,7 @@ def test_links_to_the_matching_person_among_strangers():
 
 def test_two_persons_above_the_link_threshold_go_to_review():
     model = load_model()
-    incoming = features(
-        pt("Wilbur", "Quennell", "1980-04-12", nid="900-12-3456", **HOME)
-    )
+    incoming = features(pt("Wilbur", "Quennell", "1980-04-12", nid="900-12-3456", **HOME))
     same = [features(pt("Wilbur", "Quennell", "1980-04-12", nid="900-12-3456", **HOME))]
     d = decide(model, incoming, {"p1": same, "p2": same})
     assert d.band == "review" and d.others
@@ -40,13 +36,6 @@ def test_no_candidates_is_a_new_person():
 
 def test_explanation_text_names_levels_and_guards():
     model = load_model()
-    e = model.score(
-        pt("Wilbur", dob="2011-04-12", **HOME), pt("Cyrus", dob="2011-04-12", **HOME)
-    )
+    e = model.score(pt("Wilbur", dob="2011-04-12", **HOME), pt("Cyrus", dob="2011-04-12", **HOME))
     text = format_explanation(e)
-    assert (
-        "birth_date" in text
-        and "exact" in text
-        and "twin" in text
-        and "WILBUR" not in text.upper()
-    )
+    assert "birth_date" in text and "exact" in text and "twin" in text and "WILBUR" not in text.upper()

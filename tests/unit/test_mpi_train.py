@@ -19,13 +19,8 @@ def _true_m_u() -> tuple[dict, dict]:
     m, u = {}, {}
     for f in FIELDS:
         levels = LEVELS[f]
-        m[f] = {
-            lv: (0.85 if i == 0 else 0.15 / (len(levels) - 1))
-            for i, lv in enumerate(levels)
-        }
-        u[f] = {
-            lv: (0.9 if lv == "different" else 0.1 / (len(levels) - 1)) for lv in levels
-        }
+        m[f] = {lv: (0.85 if i == 0 else 0.15 / (len(levels) - 1)) for i, lv in enumerate(levels)}
+        u[f] = {lv: (0.9 if lv == "different" else 0.1 / (len(levels) - 1)) for lv in levels}
     return m, u
 
 
@@ -52,9 +47,7 @@ def test_em_recovers_m_and_prior_with_u_fixed():
 def test_em_ignores_the_fields_pairs_were_blocked_on():
     _m_true, u = _true_m_u()
     start = {f: {lv: 1 / len(LEVELS[f]) for lv in LEVELS[f]} for f in FIELDS}
-    vectors = Counter(
-        {tuple("exact" for _ in FIELDS): 10, tuple("different" for _ in FIELDS): 10}
-    )
+    vectors = Counter({tuple("exact" for _ in FIELDS): 10, tuple("different" for _ in FIELDS): 10})
     m, _, _ = estimate_m(vectors, u, start, skip=frozenset({"birth_date"}))
     assert m["birth_date"] == start["birth_date"]
 
@@ -69,9 +62,7 @@ def _records():
     recs = []
     for given, family, dob, nid in people:
         recs.append(features(pt(given, family, dob, nid=nid)))
-        recs.append(
-            features(pt(given.upper(), family, dob, nid=nid, phone="212-555-0142"))
-        )
+        recs.append(features(pt(given.upper(), family, dob, nid=nid, phone="212-555-0142")))
         recs.append(features(pt(given[:-1] + "e", family, dob)))
     return recs
 
@@ -95,6 +86,4 @@ def test_train_is_deterministic_and_keeps_thresholds():
     assert one.link_weight == base.link_weight and one.groups == base.groups
     assert one.trained_on["records"] == len(recs) and one.trained_on["seed"] == 5
     for f in FIELDS:
-        assert sum(v["m"] for v in one.fields[f].values()) == pytest.approx(
-            1.0, abs=1e-3
-        )
+        assert sum(v["m"] for v in one.fields[f].values()) == pytest.approx(1.0, abs=1e-3)
