@@ -186,6 +186,8 @@ def process_events(uow: UnitOfWork, items: Sequence[tuple[int, InboundMessage]])
     applied on its own, after the upserts accepted before it, and its result stored with it."""
     from hub.writes import SharedWrites, apply_requests
 
+    uow.prefer_index_scans()
+
     def is_rest(inbound: InboundMessage) -> bool:
         return inbound.format == "fhir" or any(e.request is not None for e in inbound.events)
 

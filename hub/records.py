@@ -13,12 +13,20 @@ from hub.model import (
 
 
 def merge_patient(old: Patient, new: Patient, cleared: list[str]) -> Patient:
-    """HL7 v2 update semantics: a value sent replaces, `""` deletes, a field not sent stays as it was."""
+    """HL7 v2 update semantics: a value sent replaces, `""` deletes, a field not sent stays as it was.
+
+    Identifiers are the exception: they accumulate. A feed that names the patient by one identifier
+    (a billing row, a lab order) does not make the identifiers other feeds gave disappear; only an
+    explicit `""` in the identifier field clears them."""
     merged = old.model_copy()
     defaults = Patient()
     for name in Patient.model_fields:
         value = getattr(new, name)
-        if value not in (None, []):
+        if name == "identifiers" and value and name not in cleared:
+            sent = {(i.system, i.value): i for i in value}
+            kept = [sent.pop((i.system, i.value), i) for i in old.identifiers]  # order kept: no spurious versions
+            setattr(merged, name, [*kept, *sent.values()])
+        elif value not in (None, []):
             setattr(merged, name, value)
         elif name in cleared:
             setattr(merged, name, getattr(defaults, name))

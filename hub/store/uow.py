@@ -314,6 +314,13 @@ class UnitOfWork:
     def commit(self) -> None:
         self.tx.commit()
 
+    def prefer_index_scans(self) -> None:
+        """Processing only looks records up by key. During a bulk load PostgreSQL's statistics lag
+        behind the table (autovacuum analyses once a minute), and with a table it believes tiny it
+        scans all of `records` for every look-up (measured: 1–5 s per batch at 200,000 records)."""
+        if self.conn.dialect.name == "postgresql":
+            self.conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+
     def try_lock(self, name: str) -> bool:
         """A transaction-scoped lock that only one process holds (PostgreSQL advisory lock).
 

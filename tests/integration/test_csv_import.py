@@ -255,8 +255,6 @@ def test_cli_plain_progress_lines_when_not_a_terminal(tmp_path: Path, database_u
     assert "rows read: 3000, accepted: 3000" in result.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="core: merge_patient replaces the identifier list, so a billing row that only names "
-                   "its patient drops the registry's other identifiers and makes a new version (see the CSV report)")
 def test_a_billing_row_leaves_the_registry_patient_unchanged(tmp_path: Path, database_url: str, running_hub: RunningHub) -> None:
     rec_id, visit = unique("B"), unique("V")
     registry = tmp_path / "registry.csv"
