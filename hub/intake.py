@@ -46,6 +46,7 @@ class Intake:
         busy_process_batch: int = 10,
         max_backlog: int = 50_000,
         idle_before_processing: float = 0.003,
+        idle_when_busy: float = 0.025,
     ) -> None:
         self._uow_factory = uow_factory
         self._readers = readers
@@ -54,6 +55,7 @@ class Intake:
         self._last_store = 0.0
         self._max_backlog = max_backlog
         self._idle_before_processing = idle_before_processing
+        self._idle_when_busy = idle_when_busy
         self._queue: asyncio.Queue[tuple[InboundMessage, asyncio.Future[Outcome]]] = asyncio.Queue()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-writer")
         self._task: asyncio.Task[None] | None = None
@@ -140,8 +142,12 @@ class Intake:
         loop = asyncio.get_running_loop()
         while True:
             if self._work_to_do and self._queue.empty():
-                try:  # a short pause in arrivals is the moment to process, not before
-                    first = await asyncio.wait_for(self._queue.get(), self._idle_before_processing)
+                # A pause in arrivals is the moment to process, not before; while senders are
+                # active the pause must be longer, so that processing never slows their ACKs.
+                busy = time.monotonic() - self._last_store < 0.5
+                pause = self._idle_when_busy if busy else self._idle_before_processing
+                try:
+                    first = await asyncio.wait_for(self._queue.get(), pause)
                 except TimeoutError:
                     await self._process(loop)
                     continue
