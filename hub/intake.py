@@ -44,6 +44,7 @@ class Intake:
         *,
         process_batch: int = 200,
         busy_process_batch: int = 10,
+        busy_max_events: int = 200,
         max_backlog: int = 50_000,
         idle_before_processing: float = 0.003,
         idle_when_busy: float = 0.025,
@@ -52,6 +53,7 @@ class Intake:
         self._readers = readers
         self._process_batch = process_batch
         self._busy_process_batch = busy_process_batch
+        self._busy_max_events = busy_max_events
         self._last_store = 0.0
         self._max_backlog = max_backlog
         self._idle_before_processing = idle_before_processing
@@ -198,9 +200,11 @@ class Intake:
         if self._waiters:  # doors wait for these (FHIR): take every awaited message in this slice
             awaited = max(message_id for message_id, _, _ in self._waiters)
             limit = max(limit, min(self._process_batch, awaited - self._processed_upto))
+        max_events = self._busy_max_events if busy and not self._waiters else None
         try:
             last = await loop.run_in_executor(
-                self._writer, process_pending, self._uow_factory, self._readers, limit, self._results, self._read
+                self._writer, process_pending, self._uow_factory, self._readers, limit, self._results, self._read,
+                max_events,
             )
         except Exception as exc:  # noqa: BLE001 — never let the intake task die
             log.error("processing failed (%s)", type(exc).__name__)

@@ -116,9 +116,11 @@ def store_and_process(
 
 def process_pending(
     uow_factory: UowFactory, readers: Mapping[str, Reader], limit: int = 200, results: dict[int, Any] | None = None,
-    read: dict[int, InboundMessage] | None = None,
+    read: dict[int, InboundMessage] | None = None, max_events: int | None = None,
 ) -> int | None:
-    """Process up to `limit` pending messages in acceptance order. Returns the highest message id
+    """Process up to `limit` pending messages in acceptance order, stopping early once `max_events`
+    events are in hand (a CSV chunk carries a thousand: slices are sized by work, not by count;
+    at least one message is always taken). Returns the highest message id
     processed (None when there was nothing to do or another process holds the processing lock).
     `results`, if given, receives the full result of each message a door waits on (FHIR), once committed.
     `read` holds messages a door already read in full (by id): they are not read from their bytes again
@@ -131,13 +133,20 @@ def process_pending(
             pending = uow.messages.pending(limit)
             if not pending:
                 return None
-            items = [(m.id, read.pop(m.id, None) or _read(readers, m)) for m in pending]
+            items: list[tuple[int, InboundMessage]] = []
+            events = 0
+            for message in pending:
+                inbound = read.pop(message.id, None) or _read(readers, message)
+                items.append((message.id, inbound))
+                events += max(1, len(inbound.events))
+                if max_events is not None and events >= max_events:
+                    break
             done = process_events(uow, items)
-            uow.messages.mark([m.id for m in pending], "processed")
+            uow.messages.mark([message_id for message_id, _ in items], "processed")
             uow.commit()
             if results is not None:
                 results.update(done)
-            return pending[-1].id
+            return items[-1][0]
     except Exception as exc:  # noqa: BLE001
         log.warning("processing a batch failed (%s); isolating the message that fails", type(exc).__name__)
     return _process_one_by_one(uow_factory, readers, limit, results)
