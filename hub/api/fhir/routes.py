@@ -354,6 +354,12 @@ async def validate_resource(resource_type: str, request: Request) -> Response:
     return fhir_response(outcome_body("informational", "the resource is valid", None, severity="information"), 200, xml=xml)
 
 
+async def _submit(request: Request, resource_type: str, context: dict[str, Any]) -> Response:
+    """Every write interaction: through the pipeline (stored, processed), answered from its result."""
+    error, result = await _write(request, {"type": resource_type, **context})
+    return error or _answer(request, resource_type, result)
+
+
 @router.post("/{resource_type}", dependencies=WRITE)
 async def create(resource_type: str, request: Request) -> Response:
     if resource_type not in KINDS:
@@ -361,18 +367,14 @@ async def create(resource_type: str, request: Request) -> Response:
     if_none_exist = request.headers.get("if-none-exist")
     if if_none_exist is not None:
         if_none_exist = if_none_exist.split("?", 1)[-1]
-    context = {"interaction": "create", "type": resource_type, "if_none_exist": if_none_exist}
-    error, result = await _write(request, context)
-    return error or _answer(request, resource_type, result)
+    return await _submit(request, resource_type, {"interaction": "create", "if_none_exist": if_none_exist})
 
 
 @router.put("/{resource_type}/{resource_id}", dependencies=WRITE)
 async def update(resource_type: str, resource_id: str, request: Request) -> Response:
     if resource_type not in KINDS:
         return _unknown_type(request, resource_type)
-    context = {"interaction": "update", "type": resource_type, "id": resource_id, "if_match": request.headers.get("if-match")}
-    error, result = await _write(request, context)
-    return error or _answer(request, resource_type, result)
+    return await _submit(request, resource_type, {"interaction": "update", "id": resource_id, "if_match": request.headers.get("if-match")})
 
 
 @router.put("/{resource_type}", dependencies=WRITE)
@@ -382,18 +384,14 @@ async def conditional_update(resource_type: str, request: Request) -> Response:
     query = _query(request)
     if query is None:
         return operation_outcome(400, "invalid", "update needs an id or search conditions", "url", wants_xml(request))
-    context = {"interaction": "update", "type": resource_type, "query": query, "if_match": request.headers.get("if-match")}
-    error, result = await _write(request, context)
-    return error or _answer(request, resource_type, result)
+    return await _submit(request, resource_type, {"interaction": "update", "query": query, "if_match": request.headers.get("if-match")})
 
 
 @router.delete("/{resource_type}/{resource_id}", dependencies=WRITE)
 async def delete(resource_type: str, resource_id: str, request: Request) -> Response:
     if resource_type not in KINDS:
         return _unknown_type(request, resource_type)
-    context = {"interaction": "delete", "type": resource_type, "id": resource_id, "if_match": request.headers.get("if-match")}
-    error, result = await _write(request, context)
-    return error or _answer(request, resource_type, result)
+    return await _submit(request, resource_type, {"interaction": "delete", "id": resource_id, "if_match": request.headers.get("if-match")})
 
 
 @router.delete("/{resource_type}", dependencies=WRITE)
@@ -403,9 +401,7 @@ async def conditional_delete(resource_type: str, request: Request) -> Response:
     query = _query(request)
     if query is None:
         return operation_outcome(405, "not-supported", "deleting a whole resource type is not supported", "url", wants_xml(request))
-    context = {"interaction": "delete", "type": resource_type, "query": query, "if_match": request.headers.get("if-match")}
-    error, result = await _write(request, context)
-    return error or _answer(request, resource_type, result)
+    return await _submit(request, resource_type, {"interaction": "delete", "query": query, "if_match": request.headers.get("if-match")})
 
 
 # ---------------------------------------------------------------- transaction and batch
