@@ -6,6 +6,7 @@ import re
 import unicodedata
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from functools import lru_cache
 
 from hub.model import (
     Account, Appointment, Canonical, Charge, CodeableConcept, Encounter, Identifier, Observation, Order, Patient, Report,
@@ -34,8 +35,10 @@ def merge_patient(old: Patient, new: Patient, cleared: list[str]) -> Patient:
     return merged
 
 
+@lru_cache(maxsize=65536)
 def normalise(text: str) -> str:
-    """FHIR string search is case- and accent-insensitive: compare on this form."""
+    """FHIR string search is case- and accent-insensitive: compare on this form.
+    Cached: names repeat (a registry has far fewer distinct name parts than rows)."""
     decomposed = unicodedata.normalize("NFKD", text)
     return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold().strip()
 
