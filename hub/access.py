@@ -9,7 +9,7 @@ allowed and the declaration is recorded on the request for the audit hook.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from enum import StrEnum
 
 from fastapi import Request
@@ -28,10 +28,12 @@ class Permission(StrEnum):
     ADMIN = "admin"
 
 
-def requires(permission: Permission) -> Callable[[Request], None]:
-    """FastAPI dependency: declares (and, once roles exist, enforces) what an endpoint needs."""
+def requires(permission: Permission) -> Callable[[Request], Awaitable[None]]:
+    """FastAPI dependency: declares (and, once roles exist, enforces) what an endpoint needs.
 
-    def check(request: Request) -> None:
+    Async on purpose: FastAPI runs a plain `def` dependency on its thread pool, a thread hop per request."""
+
+    async def check(request: Request) -> None:
         request.state.permission = permission
 
     check.permission = permission  # type: ignore[attr-defined]
