@@ -101,14 +101,6 @@ class Intake:
         with self._watermark:
             return self._watermark.wait_for(lambda: self._processed_upto >= message_id, timeout)
 
-    async def accept_and_process(self, message: InboundMessage, timeout: float = 30.0) -> Outcome:
-        """Accept, then wait until the message has been processed: for doors whose answer needs
-        the result (a FHIR create returns the new resource's id)."""
-        outcome = await self.accept(message)
-        if outcome.message_id is not None and outcome.duplicate_of is None:
-            await asyncio.to_thread(self.wait_until_processed, outcome.message_id, timeout)
-        return outcome
-
     async def accept_with_result(self, message: InboundMessage, timeout: float = 30.0) -> tuple[Outcome, Any]:
         """Accept, wait for processing, and return what processing made of the message (its stored
         result: for FHIR, per entry the status and the record written). None when not processed."""

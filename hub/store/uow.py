@@ -134,9 +134,6 @@ class MessageRepository:
     def result(self, message_id: int) -> Any:
         return self.conn.execute(select(messages.c.result).where(messages.c.id == message_id)).scalar()
 
-    def max_id(self) -> int:
-        return self.conn.execute(select(func.coalesce(func.max(messages.c.id), 0))).scalar_one()
-
 
 @dataclass(frozen=True, slots=True)
 class PendingMessage:
