@@ -11,7 +11,6 @@ from hub.access import Permission, requires
 router = APIRouter()
 
 ACCEPTED_TYPES = ("application/hl7-v2", "text/plain", "x-application/hl7-v2+er7", "application/edi-hl7")
-STATUS_FOR_CODE = {"AA": 200, "AE": 422, "AR": 400}
 
 
 @router.post("/hl7v2", dependencies=[Depends(requires(Permission.MESSAGE_SUBMIT))])

@@ -90,9 +90,6 @@ class Segment:
         value = unescape(value, self._delims, self._charset)
         return value.strip() if trim else value
 
-    def components(self, repetition: str) -> int:
-        return repetition.count(self._delims.component) + 1
-
 
 class Er7Message:
     """A decoded HL7 v2 message: its delimiters, charset and segments in order (none dropped)."""

@@ -21,7 +21,6 @@ STATUS_CODES = {
     "processing": 422, "business-rule": 422, "not-found": 404, "deleted": 410, "conflict": 409, "duplicate": 409,
     "multiple-matches": 412, "too-costly": 400,
 }
-ISSUE_CODES = {"multiple-matches": "multiple-matches", "duplicate": "duplicate"}
 
 
 class Unsupported(Exception):
