@@ -26,7 +26,6 @@ from hub.model import (
     Account, Appointment, Canonical, Charge, CodeableConcept, Encounter, Identifier, Observation, Order, Quantity,
     Report,
 )
-from hub.records import instant_text
 
 KINDS = {
     "Patient": "patient", "Encounter": "encounter", "Observation": "observation", "ServiceRequest": "order",
@@ -291,6 +290,3 @@ def from_fhir(resource: dict[str, Any]) -> tuple[Canonical, list[tuple[str, str]
         raise KeyError(kind)
     return record, extra
 
-
-def instant(value: datetime) -> str:
-    return instant_text(value)

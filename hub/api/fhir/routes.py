@@ -17,7 +17,7 @@ from fastapi.responses import Response
 
 from adapters.inbound.fhir.reader import bundle_entries
 from hub.access import PatientData, Permission, requires
-from hub.api.fhir.render import KINDS, TYPES, http_date, render, row_resource, version_resource
+from hub.api.fhir.render import KINDS, TYPES, http_date, instant, render, row_resource, version_resource
 from hub.api.fhir.wire import (
     FHIR_VERSION, STATUS_CODES, Unsupported, body_is_xml, fhir_response, operation_outcome, outcome_body, wants_xml,
 )
@@ -124,15 +124,9 @@ def _history_entry(request: Request, resource_type: str, row: RecordRow, version
     entry["request"] = {"method": method, "url": url}
     entry["response"] = {
         "status": "204" if deleted else "201" if number == 1 else "200",
-        "etag": f'W/"{number}"', "lastModified": _iso(at),
+        "etag": f'W/"{number}"', "lastModified": instant(at),
     }
     return entry
-
-
-def _iso(at: Any) -> str:
-    from hub.api.fhir.render import instant
-
-    return instant(at)
 
 
 @router.get("/{resource_type}/{resource_id}/_history", dependencies=READ)
@@ -491,7 +485,7 @@ async def transaction_or_batch(request: Request) -> Response:
                     "status": REASONS.get(status, str(status)),
                     "location": f"{type_}/{entry_result['id']}/_history/{version}",
                     "etag": f'W/"{version}"',
-                    "lastModified": _iso(at),
+                    "lastModified": instant(at),
                 },
             })
     for kind_ in {r["kind"] for r in result["entries"] if r.get("kind")}:
