@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from enum import StrEnum
 
 from fastapi import Request
 from sqlalchemy import Engine
 
+from hub.store.history import HistoryItem, history_page
 from hub.store.uow import Criterion, RecordRow, RecordVersion, UnitOfWork
 
 log = logging.getLogger("hub.access")
@@ -26,6 +28,10 @@ class Permission(StrEnum):
     PATIENT_READ = "patient.read"
     PATIENT_WRITE = "patient.write"
     ADMIN = "admin"
+    MPI_REVIEW = "mpi.review"
+    """See review tasks and explanations (record and person ids, scores; no patient values)."""
+    MPI_STEWARD = "mpi.steward"
+    """Change links: link, unlink, merge persons, not-a-match."""
 
 
 def requires(permission: Permission) -> Callable[[Request], Awaitable[None]]:
@@ -100,6 +106,18 @@ class PatientData:
             versions = uow.records.versions(record_id) if row else []
         self.record_access(Permission.PATIENT_READ, kind, [record_id] if row else [])
         return row, versions
+
+    def history_page(
+        self, kinds: Sequence[str], since: datetime | None, limit: int, offset: int
+    ) -> list[HistoryItem]:
+        """Versions of every record of these kinds, newest first (type and system history)."""
+        if self.before_read:
+            self.before_read()
+        with UnitOfWork(self.engine) as uow:
+            items = history_page(uow.conn, kinds, since, limit, offset)
+        for kind in {i.row.kind for i in items}:
+            self.record_access(Permission.PATIENT_READ, kind, [i.row.id for i in items if i.row.kind == kind])
+        return items
 
     def written(self, kind: str, ids: Sequence[str]) -> None:
         """Records a write (the audit trail sees writes as well as reads)."""

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import uvicorn
 from sqlalchemy import Engine, text
@@ -22,6 +23,9 @@ from adapters.inbound.hl7v2.service import Hl7v2Door
 from adapters.outbound.hl7v2.ack import AckMode
 from adapters.transport.mllp import MllpConfig, MllpServer
 from hub.access import PatientData
+from hub.delivery.embedded import EmbeddedDelivery
+from hub.delivery.engine import DeliveryEngine, TransportFactory
+from hub.delivery.outbox import Planner, Routing, RoutingUnitOfWork
 from hub.intake import Intake
 from hub.settings import Settings
 from hub.store.engine import make_engine
@@ -43,6 +47,15 @@ class Hub:
     http_server: uvicorn.Server | None = None
     _migrated: bool = field(default=False, repr=False)
     fhir_door: FhirDoor | None = None
+    routing: Routing = field(default_factory=Routing)
+    """The current routes (planner) and who processing nudges; `routes` holds their destinations."""
+    routes: Any = None
+    readers: dict[str, Any] = field(default_factory=dict)
+    delivery: EmbeddedDelivery | None = None
+    """The in-process delivery loop (no HUB_REDIS_URL); None when dramatiq workers deliver."""
+
+    def destinations(self) -> dict[str, Any]:
+        return dict(self.routes.destinations) if self.routes is not None else {}
 
     def readiness(self) -> dict[str, str]:
         checks = {"database": "ok", "migrations": "ok", "mllp": "ok"}
@@ -74,22 +87,60 @@ def _stop_on_signals(server: uvicorn.Server) -> None:
         loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
 
 
-def build(settings: Settings) -> Hub:
+def load_route_table(settings: Settings) -> Any:
+    """The routes file (`HUB_ROUTES`) as a RouteTable, or None when there is no such file (no routes:
+    processing writes no outbox rows). A file with errors stops the start (RoutesError, file:line)."""
+    if not settings.routes.exists():
+        return None
+    from hub.routing import load_routes
+
+    return load_routes(settings.routes)
+
+
+def build(
+    settings: Settings, *, planner: Planner | None = None, routes: Any = None,
+    transports: TransportFactory | None = None, sweep_every: float = 1.0,
+) -> Hub:
+    """`planner`/`routes`/`transports` replace the routes file and the real transports (tests)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.database)
     # A stored CSV chunk is re-read with the mapping of its feed; one whose mapping cannot be found is marked failed.
     readers = {"hl7v2": read_message, "csv": read_chunk, "fhir": read_request}
-    intake = Intake(partial(UnitOfWork, engine), readers=readers)
+    routes = routes if routes is not None or planner is not None else load_route_table(settings)
+    routing = Routing(planner=planner or (routes.plan if routes is not None else None))
+    intake = Intake(partial(RoutingUnitOfWork, engine, routing), readers=readers)
     mode = AckMode(settings.mllp_ack_mode)
-    return Hub(
+    hub = Hub(
         settings=settings,
         engine=engine,
         intake=intake,
         http_door=Hl7v2Door(intake.accept, feed="http"),
         mllp_door=Hl7v2Door(intake.accept, feed="mllp", mode=mode),
         patient_data=PatientData(engine, before_read=intake.wait_processed),
-        fhir_door=FhirDoor(intake.accept_with_result),
+        fhir_door=FhirDoor(partial(intake.accept_with_result, timeout=settings.fhir_write_timeout)),
+        routing=routing,
+        routes=routes,
+        readers=readers,
     )
+    _wire_delivery(hub, transports, sweep_every)
+    return hub
+
+
+def _wire_delivery(hub: Hub, transports: TransportFactory | None, sweep_every: float) -> None:
+    """Embedded: the delivery loop runs in `hub serve`. With Redis: processing nudges dramatiq workers."""
+    if hub.settings.redis_url:
+        from hub import jobs
+
+        jobs.configure(hub.settings.redis_url, hub.settings.redis_namespace)
+        hub.routing.notify = jobs.nudge
+        return
+    if transports is None:
+        from adapters.transport.delivery import make_transport
+
+        transports = make_transport
+    engine = DeliveryEngine(partial(UnitOfWork, hub.engine), hub.destinations, transports)
+    hub.delivery = EmbeddedDelivery(engine, sweep_every=sweep_every)
+    hub.routing.notify = hub.delivery.notify
 
 
 async def serve(hub: Hub, started: asyncio.Event | None = None) -> None:
@@ -99,6 +150,8 @@ async def serve(hub: Hub, started: asyncio.Event | None = None) -> None:
     settings = hub.settings
     upgrade(hub.engine)
     await hub.intake.start()
+    if hub.delivery is not None:
+        await hub.delivery.start()
     hub.mllp = MllpServer(
         MllpConfig(settings.mllp_host, settings.mllp_port, settings.mllp_max_frame_bytes, settings.mllp_idle_timeout),
         hub.mllp_door.on_frame,
@@ -119,4 +172,6 @@ async def serve(hub: Hub, started: asyncio.Event | None = None) -> None:
     finally:
         await hub.mllp.stop()
         await hub.intake.stop()
+        if hub.delivery is not None:
+            await hub.delivery.stop()
         hub.engine.dispose()

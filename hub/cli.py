@@ -132,8 +132,40 @@ def send(files: tuple[Path, ...], host: str, port: int, timeout: float) -> None:
     sys.exit(0 if asyncio.run(run()) else 1)
 
 
+@main.group()
+def routes() -> None:
+    """Routes and destinations (the routes file, HUB_ROUTES)."""
+
+
+@routes.command("check")
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+def routes_check(file: Path | None) -> None:
+    """Check a routes file (default HUB_ROUTES): exit 0 with a summary, or 2 with every problem (file:line)."""
+    from hub.routing import RoutesError, load_routes
+
+    path = file or _settings().routes
+    try:
+        table = load_routes(path)
+    except RoutesError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem))
+        click.echo(f"{path}: {len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''}", err=True)
+        sys.exit(2)
+    click.echo(f"{path}: ok, {table.summary()}")
+
+
 def _ack_code(ack: bytes) -> str:
     for segment in ack.replace(b"\n", b"\r").split(b"\r"):
         if segment.startswith(b"MSA"):
             return segment[4:6].decode("ascii", errors="replace")
     return "??"
+
+
+from hub.cli_mpi import mpi  # noqa: E402 — `hub mpi …` (master patient index)
+
+main.add_command(mpi)
+
+from hub.cli_delivery import replay, worker  # noqa: E402 — `hub worker`, `hub replay` (delivery)
+
+main.add_command(worker)
+main.add_command(replay)

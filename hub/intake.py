@@ -5,8 +5,10 @@ batch was committing and stores it in one transaction (one disk flush), then ans
 sender in it. When no sender is waiting, the same task processes stored messages (map, and
 later match and route) in acceptance order. Under a burst, storing goes first, so the ACK
 path stays fast; processing takes the pauses between arrivals (in short slices while senders
-are active, in large batches once they are quiet) and takes turns with storing once the backlog
-passes `max_backlog` (backpressure: ACKs slow down rather than the backlog growing without end).
+are active, in large batches once they are quiet) and takes turns with storing when arrivals leave
+no pause: once processing has been behind for `max_lag` (so that a steady stream of messages is
+routed within a bounded time, not only when it stops), or once the backlog passes `max_backlog`
+(backpressure: ACKs slow down rather than the backlog growing without end).
 
 A batch holding messages whose door waits for the result (FHIR writes: the answer carries the new
 resource) is stored and processed in one transaction (`store_and_process`), and those doors wait on
@@ -36,6 +38,14 @@ log = logging.getLogger("hub.intake")
 MAX_BATCH = 500
 
 
+class StillProcessing(Exception):
+    """A stored message whose result a door waited for longer than it may (the door answers 503)."""
+
+    def __init__(self, message_id: int) -> None:
+        super().__init__(f"message {message_id} is stored but not processed yet")
+        self.message_id = message_id
+
+
 class Intake:
     def __init__(
         self,
@@ -46,8 +56,10 @@ class Intake:
         busy_process_batch: int = 10,
         busy_max_events: int = 200,
         max_backlog: int = 50_000,
+        max_lag: float = 0.1,
         idle_before_processing: float = 0.003,
         idle_when_busy: float = 0.025,
+        idle_poll: float = 1.0,
     ) -> None:
         self._uow_factory = uow_factory
         self._readers = readers
@@ -56,8 +68,12 @@ class Intake:
         self._busy_max_events = busy_max_events
         self._last_store = 0.0
         self._max_backlog = max_backlog
+        self._max_lag = max_lag
+        self._behind_since: float | None = None
+        """When processing last fell behind storing (None: caught up)."""
         self._idle_before_processing = idle_before_processing
         self._idle_when_busy = idle_when_busy
+        self._idle_poll = idle_poll
         self._queue: asyncio.Queue[tuple[InboundMessage, asyncio.Future[Outcome]]] = asyncio.Queue()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-writer")
         self._task: asyncio.Task[None] | None = None
@@ -69,6 +85,9 @@ class Intake:
         """Messages stored with their events already read by the door (FHIR): processing need not read them again."""
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._work_to_do = True  # messages left pending by an earlier run are processed first
+        self._recovered = threading.Event()
+        """Set once processing first found nothing pending: until then reads also wait for messages an
+        earlier run stored (the watermarks only know this run's)."""
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="hub-intake")
@@ -98,20 +117,42 @@ class Intake:
         return self.wait_until_processed(self._stored_upto, timeout)
 
     def wait_until_processed(self, message_id: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        if not self._recovered.wait(timeout):
+            return False
         with self._watermark:
-            return self._watermark.wait_for(lambda: self._processed_upto >= message_id, timeout)
+            return self._watermark.wait_for(
+                lambda: self._processed_upto >= message_id, max(0.0, deadline - time.monotonic())
+            )
 
     async def accept_with_result(self, message: InboundMessage, timeout: float = 30.0) -> tuple[Outcome, Any]:
         """Accept, wait for processing, and return what processing made of the message (its stored
-        result: for FHIR, per entry the status and the record written). None when not processed."""
+        result: for FHIR, per entry the status and the record written). None when processing failed.
+
+        With several hub processes on one PostgreSQL database, the one that stored the message may
+        not get the processing lock: then it tries again until the message is processed (by itself or
+        by the process holding the lock, whose stored result it reads). Raises `StillProcessing` when
+        that takes longer than `timeout`: the message stays stored and will be processed."""
         outcome = await self.accept(message)
         if outcome.message_id is None or outcome.duplicate_of is not None or message.status is not Status.ACCEPTED:
             return outcome, None
-        await self._processed(outcome.message_id, timeout)
-        result = self._results.pop(outcome.message_id, None)
-        if result is None:  # processed by another process, or after a restart: the stored result
-            result = await asyncio.to_thread(self._result, outcome.message_id)
-        return outcome, result
+        message_id = outcome.message_id
+        deadline = time.monotonic() + timeout
+        pause = 0.25
+        while True:
+            await self._processed(message_id, max(0.0, min(pause, deadline - time.monotonic())))
+            result = self._results.pop(message_id, None)
+            if result is not None:
+                return outcome, result
+            # Not processed here (yet): another process may have done it, or may hold the lock.
+            state, stored = await asyncio.to_thread(self._state, message_id)
+            if state != "pending":  # processed by another process, or after a restart: the stored result
+                return outcome, stored
+            if time.monotonic() >= deadline:
+                raise StillProcessing(message_id)
+            if self._processed_upto >= message_id:  # the watermark will not wake us: poll
+                await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
     async def _processed(self, message_id: int, timeout: float) -> None:
         """Wait on the event loop (no thread per waiter) until processing has passed message_id."""
@@ -128,9 +169,14 @@ class Intake:
             if not future.done():
                 future.set_result(None)
 
-    def _result(self, message_id: int) -> Any:
+    def _oldest_pending(self) -> int | None:
         with self._uow_factory() as uow:
-            return uow.messages.result(message_id)
+            pending = uow.messages.pending(1)
+        return pending[0].id if pending else None
+
+    def _state(self, message_id: int) -> tuple[str | None, Any]:
+        with self._uow_factory() as uow:
+            return uow.messages.processing_state(message_id)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -147,7 +193,13 @@ class Intake:
                     continue
                 items = [first]
             else:
-                items = [await self._queue.get()]
+                try:
+                    items = [await asyncio.wait_for(self._queue.get(), self._idle_poll)]
+                except TimeoutError:
+                    # Idle: look for pending messages now and then. Another hub process may have stored
+                    # some while this one held the processing lock (or this one while it could not).
+                    self._work_to_do = True
+                    continue
             while len(items) < MAX_BATCH and not self._queue.empty():
                 items.append(self._queue.get_nowait())
             batch = [m for m, _ in items]
@@ -165,13 +217,17 @@ class Intake:
                 with self._watermark:
                     self._stored_upto = max(self._stored_upto, *stored)
                 self._work_to_do = True
+                if self._behind_since is None:
+                    self._behind_since = self._last_store
             if awaited:
                 with self._watermark:
                     if last is not None:
                         self._processed_upto = max(self._processed_upto, last)
                     if drained:
                         self._work_to_do = False
+                        self._behind_since = None
                         self._processed_upto = max(self._processed_upto, self._stored_upto)
+                        self._recovered.set()
                     self._watermark.notify_all()
                 self._wake_waiters()
             else:
@@ -182,8 +238,11 @@ class Intake:
             for (_, future), outcome in zip(items, outcomes, strict=True):
                 if not future.done():
                     future.set_result(outcome)
-            if self.backlog > self._max_backlog:
+            if self.backlog > self._max_backlog or self._lagging():
                 await self._process(loop)
+
+    def _lagging(self) -> bool:
+        return self._behind_since is not None and time.monotonic() - self._behind_since > self._max_lag
 
     async def _process(self, loop: asyncio.AbstractEventLoop) -> None:
         # While senders are active, process in slices short enough not to hold their ACKs back.
@@ -202,10 +261,23 @@ class Intake:
             log.error("processing failed (%s)", type(exc).__name__)
             await asyncio.sleep(1)
             return
+        oldest = await loop.run_in_executor(self._writer, self._oldest_pending) if last is None else None
+        if oldest is not None:
+            # Another process holds the processing lock: not drained, but everything before its oldest
+            # pending message is processed (readers and doors waiting for those may go on). Look again shortly.
+            with self._watermark:
+                self._processed_upto = max(self._processed_upto, oldest - 1)
+                self._watermark.notify_all()
+            self._wake_waiters()
+            self._behind_since = time.monotonic()  # not ours to catch up: do not take turns for it
+            await asyncio.sleep(0.05)
+            return
         with self._watermark:
             if last is None:
                 self._work_to_do = False
+                self._behind_since = None
                 self._processed_upto = max(self._processed_upto, self._stored_upto)
+                self._recovered.set()
             else:
                 self._processed_upto = max(self._processed_upto, last)
             self._watermark.notify_all()

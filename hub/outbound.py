@@ -11,6 +11,7 @@ Like `hub.messages` on the inbound side, nothing here knows MLLP, HTTP, files or
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal
 
 from hub.model import PatientEvent
@@ -36,6 +37,13 @@ class RoutedEvent:
     """Every (system, value) of the person's source records, for PID-3 / Patient.identifier."""
     facility: str | None = None
     """MSH-4 for HL7 v2 (the sending facility); None for other doors."""
+    accepted_at: datetime | None = None
+    """When the hub accepted the message: outbound MSH-7/EVN-2 come from it, so a rebuild of the same
+    event (retry, replay dry-run) gives the same bytes. None = the time of building."""
+    has_open_orders: bool | None = None
+    """Whether the patient has open orders (the lab's "demographic updates for patients with open
+    orders" rule). Needs state: the caller fills it (one query per batch); None = unknown, and the
+    route condition `has_open_orders` then does not match."""
 
     @property
     def message_type(self) -> str:
@@ -78,6 +86,12 @@ class Destination:
     timeout: float = 30.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     ordering: Literal["per_patient", "strict"] = "per_patient"
+    connections: int = 4
+    """At most this many messages in flight to the destination per worker (different patients in
+    parallel; a strict destination always has one)."""
+    options: dict[str, str] = field(default_factory=dict)
+    """Profile options (e.g. lab `orders: OML^O21`; MSH-3..6 `sending_application` …), checked
+    against what the profile declares when the routes are loaded."""
     on_poison: Literal["block", "skip"] = "skip"
     """After the last attempt: skip (dead-letter it, go on with the patient's next message) or block
     the patient's queue (strict: the destination's) until a person resolves it."""

@@ -13,14 +13,13 @@ Records are gathered in memory (`RecordSet`) and written with one statement per 
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from hub.messages import InboundMessage, Outcome, Status
 from hub.model import Canonical, Observation, Order, Patient, PatientEvent, Report, source_identifier
-from hub.records import merge_patient, record_index_entries
+from hub.records import merge_patient, new_record_id, record_index_entries
 from hub.store.uow import (
     NewMessage, PendingMessage, RecordChanges, RecordRepository, RecordRow, SourceKey, UnitOfWork, utcnow,
 )
@@ -225,6 +224,9 @@ def process_events(uow: UnitOfWork, items: Sequence[tuple[int, InboundMessage]])
         shared.close()
     _process_upserts(uow, run)
     uow.messages.set_results({i: _stored_result(r) for i, r in results.items()})
+    from hub.delivery.outbox import route_events
+
+    route_events(uow, items)  # outbox rows, in this transaction (nothing without routes)
     return results
 
 
@@ -246,7 +248,11 @@ def _process_upserts(uow: UnitOfWork, items: Sequence[tuple[int, InboundMessage]
     at = utcnow()
     for message_id, n, feed, event in events:
         record_set.apply(event, feed, message_id, f"{message_id}.{n}", at)
-    uow.records.write(record_set.changes())
+    changes = record_set.changes()
+    uow.records.write(changes)
+    from hub.mpi.service import link_batch  # match: every changed patient record gets its person
+
+    link_batch(uow, changes, [(message_id, event) for message_id, _, _, event in events], at)
 
 
 def patient_key(patient: Patient) -> SourceKey:
@@ -378,7 +384,7 @@ class RecordSet:
         row = self.rows.get(key)
         if row is None:
             row = RecordRow(
-                record_id or str(uuid.uuid4()), key[0], key[1], key[2], patient_id, 1, active, data, feed, message_id,
+                record_id or new_record_id(), key[0], key[1], key[2], patient_id, 1, active, data, feed, message_id,
                 at, at, resource, False,
             )
             self.rows[key] = self._inserted[row.id] = self.by_id[row.id] = row
@@ -436,7 +442,7 @@ class RecordSet:
             superseded=self._superseded,
             reindexed={i for i in self._index if i in self._updated},
             index=[
-                {"record_id": record_id, "kind": kind, "param": param, "value": value[:300]}
+                (record_id, param, value[:300], kind)
                 for record_id, (kind, entries) in self._index.items()
                 for param, value in sorted(set(entries))
                 if value

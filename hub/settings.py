@@ -23,7 +23,12 @@ class Settings(BaseSettings):
     """`original` (AA/AE/AR always) or `enhanced` (honour MSH-15/16 with CA/CE/CR)."""
     redis_url: str | None = None
     """Unset: the embedded in-process queue."""
+    redis_namespace: str = "hub"
+    """Prefix of the delivery queue's Redis keys (hub serve and hub worker must agree)."""
     routes: Path = Path("mappings/routes.yaml")
+    fhir_write_timeout: float = 30.0
+    """How long a FHIR write waits for its processing (another hub process may hold the processing lock)
+    before it is answered 503 with Retry-After; the write stays stored and is applied later."""
     log_level: str = "INFO"
 
     @property

@@ -13,14 +13,14 @@ on its own.
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Any
 
 from hub.messages import InboundMessage
-from hub.model import Canonical, Identifier, Patient, PatientEvent, RecordRequest, source_identifier
+from hub.mpi.service import link_batch
+from hub.model import Canonical, Patient, PatientEvent, RecordRequest, source_identifier
 from hub.pipeline import RecordSet
-from hub.records import merge_patient
+from hub.records import merge_patient, new_record_id
 from hub.store.uow import RecordRow, SourceKey, UnitOfWork, utcnow
 
 FHIR_SOURCE = "urn:hub:fhir"
@@ -56,7 +56,7 @@ class SharedWrites:
             for event in inbound.events:
                 request = event.request
                 if request is not None and request.method in ("create", "update"):
-                    key = _source_key(request.kind, event_record(event), "")
+                    key = _source_key(request, event_record(event), "", None)  # scoped keys: looked up later
                     if key[1] != FHIR_SOURCE:
                         keys.append(key)
         self.current().ensure(keys)
@@ -69,7 +69,9 @@ class SharedWrites:
 
     def flush(self) -> None:
         if self.record_set is not None:
-            self.uow.records.write(self.record_set.changes())
+            changes = self.record_set.changes()
+            self.uow.records.write(changes)
+            link_batch(self.uow, changes, (), utcnow())  # match: written patients get their person
             self.record_set.clear_changes()
 
     def close(self) -> None:
@@ -97,7 +99,7 @@ def apply_requests(
         for event in events:  # new ids first, so that any entry may reference any other
             request = event.request
             if request is not None and request.method == "create" and request.full_url and not request.record_id:
-                request.record_id = str(uuid.uuid4())
+                request.record_id = new_record_id()
                 refs[request.full_url] = f"{_type(request)}/{request.record_id}"
         results: list[dict[str, Any] | None] = [None] * len(events)
         def order(n: int) -> tuple[int, bool]:  # DELETE → POST → PUT → GET; patients first within each
@@ -110,7 +112,9 @@ def apply_requests(
                 results[i] = _apply(uow, record_set, events[i], refs, inbound.feed, message_id, at)
             except RequestFailed as failed:
                 return failed.as_result() | {"entry": i}
-        uow.records.write(record_set.changes())
+        changes = record_set.changes()
+        uow.records.write(changes)
+        link_batch(uow, changes, (), at)  # match: written patients get their person
         return {"status": 200, "entries": results}
     own = shared is None
     shared = shared or SharedWrites(uow)
@@ -138,16 +142,44 @@ def event_record(event: PatientEvent) -> Canonical | None:
     return None
 
 
-def _source_key(kind: str, record: Canonical | None, record_id: str) -> SourceKey:
-    identifier: Identifier | None = None
+PATIENT_SCOPED = {"order", "charge", "appointment"}
+"""Kinds whose HL7 v2 numbers (ORC-2/3, FT1-2, SCH-1/2) the pipeline keys per patient (`event_records`)."""
+
+
+def _source_key(request: RecordRequest, record: Canonical | None, record_id: str, scope: str | None) -> SourceKey:
+    """The source key of a record written over FHIR: the business identifier when it has one.
+
+    The rule, so that a resubmission and the same record arriving over HL7 v2 name one record
+    (`scope` is the patient's own source key, "system|value", as `event_records` scopes by):
+    - Patient: its source identifier (MR-typed, else the first), as for every feed;
+    - ServiceRequest, ChargeItem, Appointment with a patient: (kind, scope, identifier value) — HL7 v2
+      numbers orders, charges and appointments per patient and ignores the numbering system;
+    - any other kind, identifier with a system: (kind, system, value) — Encounter like a PV1-19 visit
+      number, Account like PID-18 with an assigning authority;
+    - identifier without a system: (kind, scope, value) when there is a patient (a bare number is only
+      unique per patient), else (kind, "", value); an Encounter keeps (kind, "", value) as HL7 v2 does;
+    - no identifier: (kind, "urn:hub:fhir", record id).
+    Observations and DiagnosticReports from HL7 v2 are keyed by OBR/OBX position, not by a business
+    identifier, so only DiagnosticReports whose identifier is the order number meet their HL7 v2 twin."""
+    kind = request.kind
     if isinstance(record, Patient):
         identifier = source_identifier(record)
-    elif record is not None:
-        for name in ("visit_number", "account_number", "identifier"):
-            identifier = identifier or getattr(record, name, None)
-    if identifier is not None and identifier.value:
-        return (kind, identifier.system or "", identifier.value)
-    return (kind, FHIR_SOURCE, record_id)
+        if identifier is not None and identifier.value:
+            return (kind, identifier.system or "", identifier.value)
+        return (kind, FHIR_SOURCE, record_id)
+    found = next((i for i in (request.resource or {}).get("identifier", []) if i.get("value")), None)
+    if found is None:
+        return (kind, FHIR_SOURCE, record_id)
+    system, value = found.get("system") or "", found["value"]
+    if scope and (kind in PATIENT_SCOPED or (not system and kind != "encounter")):
+        return (kind, scope, value)
+    return (kind, system, value)
+
+
+def _scope(record_set: RecordSet, patient_id: str | None) -> str | None:
+    """The patient's source key as HL7 v2 events scope their records by ("system|value")."""
+    row = record_set.row_by_id(patient_id) if patient_id else None
+    return f"{row.source_system}|{row.source_value}" if row is not None else None
 
 
 def _rewrite(value: Any, refs: dict[str, str]) -> Any:
@@ -225,8 +257,8 @@ def _apply(
                 row = existing[0]
                 _remember(refs, request, row)
                 return {"status": 200, "id": row.id, "version": row.version, "kind": row.kind, "existing": True}
-        new_id = request.record_id or str(uuid.uuid4())
-        key = _source_key(request.kind, record, new_id)
+        new_id = request.record_id or new_record_id()
+        key = _source_key(request, record, new_id, _scope(record_set, patient_id))
         record_set.ensure([key])
         row = record_set.rows.get(key)
         if row is not None and not row.deleted:  # the same source record: an update, as from any feed
@@ -248,8 +280,8 @@ def _apply(
     if row is None:  # update as create (the client chose the id, or nothing matched the conditions)
         if request.if_match is not None:
             raise RequestFailed(412, "conflict", "If-Match given for a resource that does not exist", "If-Match")
-        new_id = request.record_id or str(uuid.uuid4())
-        key = _source_key(request.kind, record, new_id)
+        new_id = request.record_id or new_record_id()
+        key = _source_key(request, record, new_id, _scope(record_set, patient_id))
         record_set.ensure([key])
         if key in record_set.rows and not record_set.rows[key].deleted:
             raise RequestFailed(409, "duplicate", "another resource has this identifier", f"{_type(request)}.identifier")
@@ -258,7 +290,7 @@ def _apply(
         _remember(refs, request, row)
         return _written(201, row)
     _check_version(request, row)
-    key = _source_key(request.kind, record, row.id)
+    key = _source_key(request, record, row.id, _scope(record_set, patient_id or row.patient_id))
     current = (row.kind, row.source_system, row.source_value)
     if key != current:
         record_set.ensure([key])

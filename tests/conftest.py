@@ -98,6 +98,9 @@ def stop_hub(running: RunningHub, thread: threading.Thread) -> None:
 
 
 def hub_settings(database_url: str, data_dir: Path, **overrides: object) -> Settings:
+    """Settings for a hub under test: free ports and no routes unless a test names a routes file
+    (the default `mappings/routes.yaml` sends to fixed local ports nobody listens on in most tests)."""
+    overrides.setdefault("routes", data_dir / "no-routes.yaml")
     return Settings(
         data_dir=data_dir, database_url=database_url, http_port=free_port(), mllp_port=free_port(), **overrides
     )

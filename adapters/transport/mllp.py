@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from ssl import SSLContext
 
 log = logging.getLogger("hub.mllp")
 
@@ -140,8 +141,13 @@ class MllpServer:
 class MllpClient:
     """A small MLLP sender: one connection, send a message, wait for the reply frame."""
 
-    def __init__(self, host: str, port: int, timeout: float = 30.0) -> None:
+    def __init__(
+        self, host: str, port: int, timeout: float = 30.0, *, ssl: SSLContext | None = None,
+        connect_timeout: float | None = None,
+    ) -> None:
         self.host, self.port, self.timeout = host, port, timeout
+        self.ssl = ssl
+        self.connect_timeout = timeout if connect_timeout is None else connect_timeout
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._deframer = FrameReader(64 * 1024 * 1024)
@@ -149,7 +155,7 @@ class MllpClient:
 
     async def __aenter__(self) -> MllpClient:
         self._reader, self._writer = await asyncio.wait_for(
-            asyncio.open_connection(self.host, self.port), self.timeout
+            asyncio.open_connection(self.host, self.port, ssl=self.ssl), self.connect_timeout
         )
         return self
 

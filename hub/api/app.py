@@ -10,7 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from hub.api import admin, csv, fhir, health, hl7v2
+from hub.api import admin, csv, fhir, health, hl7v2, mpi
+from hub.api import outbox as outbox_api
+from hub.intake import StillProcessing
 
 if TYPE_CHECKING:
     from hub.bootstrap import Hub
@@ -26,8 +28,11 @@ def create_app(hub: Hub) -> FastAPI:
     app.include_router(csv.router)
     app.include_router(fhir.router)
     app.include_router(admin.router)
+    app.include_router(outbox_api.router)
+    app.include_router(mpi.router)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StillProcessing, _still_processing)
     app.add_exception_handler(Exception, _internal_error)
     return app
 
@@ -39,8 +44,11 @@ def _is_fhir(request: Request) -> bool:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if _is_fhir(request):
-        code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
-        text = {404: "no such resource type or interaction", 405: "method not allowed here"}.get(exc.status_code, "request failed")
+        code = {404: "not-found", 405: "not-supported", 406: "not-supported"}.get(exc.status_code, "processing")
+        text = {
+            404: "no such resource type or interaction", 405: "method not allowed here",
+            406: "none of the accepted media types can be produced: accept application/fhir+json or application/fhir+xml",
+        }.get(exc.status_code, "request failed")
         return fhir.operation_outcome(exc.status_code, code, text)
     return JSONResponse({"detail": exc.detail}, exc.status_code, headers=getattr(exc, "headers", None))
 
@@ -49,6 +57,18 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     if _is_fhir(request):
         return fhir.operation_outcome(400, "invalid", "the request is malformed")
     return JSONResponse({"detail": "the request is malformed"}, 400)
+
+
+async def _still_processing(request: Request, exc: Exception) -> Response:
+    """A write stored but not processed within the door's bound (another hub process holds the
+    processing lock): 503 + Retry-After. It will be applied; a conditional retry is safe."""
+    text = "the request is stored and will be applied, but is not processed yet; retry later (conditional requests are safe to retry)"
+    if _is_fhir(request):
+        response = fhir.operation_outcome(503, "transient", text)
+    else:
+        response = JSONResponse({"detail": text}, 503)
+    response.headers["Retry-After"] = "2"
+    return response
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:

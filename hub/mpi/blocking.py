@@ -9,10 +9,9 @@ among a million. Placeholders were already dropped by `features`, so they never 
 
 from __future__ import annotations
 
-import jellyfish
 
 from hub.model import Patient
-from hub.mpi.compare import Features, features
+from hub.mpi.compare import Features, features, nysiis
 
 
 def _given_key(f: Features) -> str:
@@ -29,7 +28,7 @@ def blocking_keys(record: Patient | Features) -> list[str]:
     year = f.dob[:4]
     if year:
         for part in f.family_parts:
-            keys.append(f"fam_ny:{jellyfish.nysiis(part)}|{year}")
+            keys.append(f"fam_ny:{nysiis(part)}|{year}")
     if len(f.dob) == 10 and f.postal:
         keys.append(f"dob_pc:{f.dob}|{f.postal}")
     if f.national_id:

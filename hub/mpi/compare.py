@@ -131,6 +131,12 @@ def norm_text(value: str | None) -> str:
     """Upper case, accents stripped, punctuation removed (hyphens become spaces), spaces collapsed."""
     if not value:
         return ""
+    return _norm_text(value)
+
+
+@lru_cache(maxsize=65536)
+def _norm_text(value: str) -> str:
+    """Cached: names, streets and cities repeat across records (and normalising is most of `features`)."""
     text = unicodedata.normalize("NFKD", value)
     text = "".join(ch for ch in text if not unicodedata.combining(ch)).upper()
     text = text.replace("-", " ").replace("'", "")
@@ -139,6 +145,10 @@ def norm_text(value: str | None) -> str:
 
 def norm_address_line(value: str | None) -> str:
     return " ".join(STREET_WORDS.get(token, token) for token in norm_text(value).split())
+
+
+nysiis = lru_cache(maxsize=65536)(jellyfish.nysiis)
+"""NYSIIS of a normalised name; cached, as names repeat."""
 
 
 def norm_phone(value: str | None) -> str:
@@ -208,6 +218,35 @@ def _strip_generation(text: str) -> tuple[str, str]:
     return text, ""
 
 
+class _View:
+    """Attribute access over a stored (already validated) canonical JSON object, for `features_of_data`:
+    built eagerly with the model's defaults (an object per nested item, no validation)."""
+
+    def __init__(self, data: dict, defaults: dict) -> None:
+        self.__dict__.update(defaults)
+        self.__dict__.update(data)
+        for name, nested in _NESTED.items():
+            if name in defaults:
+                self.__dict__[name] = [_View(item, nested) for item in self.__dict__[name] or ()]
+
+
+_NESTED: dict[str, dict] = {
+    "names": {"use": None, "family": None, "given": [], "suffix": []},
+    "identifiers": {"system": None, "type": None},
+    "telecoms": {"system": "phone"},
+    "addresses": {"use": None, "postal_code": None, "city": None, "line": []},
+}
+_PATIENT = {"names": [], "identifiers": [], "telecoms": [], "addresses": [], "birth_date": None, "gender": None,
+            "multiple_birth": None}
+
+
+def features_of_data(data: dict) -> Features:
+    """`features` of a stored patient record's JSON without validating it into a Patient again: what
+    the database holds was validated on the way in, and validation costs as much as normalising.
+    Gives exactly `features(Patient.model_validate(data))`."""
+    return features(_View(data, _PATIENT))  # type: ignore[arg-type]
+
+
 def features(patient: Patient) -> Features:
     """Normalise a Patient: placeholders become empty, names lose accents and generation suffixes."""
     ph = load_placeholders()
@@ -269,8 +308,8 @@ def features(patient: Patient) -> Features:
         family=family,
         family_parts=tuple(dict.fromkeys(family_parts)),
         given_roots=nicknames.get(given, frozenset({given})) if given else frozenset(),
-        given_phon=jellyfish.nysiis(given) if given else "",
-        family_phon=jellyfish.nysiis(family) if family else "",
+        given_phon=nysiis(given) if given else "",
+        family_phon=nysiis(family) if family else "",
         generation=generation,
         dob=dob,
         birth_year=int(dob[:4]) if dob else None,

@@ -32,12 +32,23 @@ def decide(
     tf: TermFrequencies | None = None,
 ) -> Decision:
     """Band and person for `record`, given each candidate person's records."""
-    best: list[tuple[str, Explanation]] = []
+    # Rank by weight alone, then explain (levels, guards, band) only the pairs the decision reads:
+    # the same best pair per person (the first of equal weights) and the same order as explaining
+    # every pair, at a fraction of the cost. Below the review threshold a pair's band is "new"
+    # whatever its guards, so only the overall best of those is explained.
+    ranked: list[tuple[float, str, Features]] = []
     for person_id, records in candidates.items():
-        scored = [model.score_features(record, other, tf) for other in records]
-        if scored:
-            best.append((person_id, max(scored, key=lambda e: e.weight)))
-    best.sort(key=lambda pe: -pe[1].weight)
+        if not records:
+            continue
+        weights = [model.weight(record, other, tf) for other in records]
+        top = max(weights)
+        ranked.append((top, person_id, records[weights.index(top)]))
+    ranked.sort(key=lambda wpf: -wpf[0])
+    best: list[tuple[str, Explanation]] = []
+    for weight, person_id, other in ranked:
+        if weight < model.review_weight and best:
+            break
+        best.append((person_id, model.score_features(record, other, tf)))
     plausible = [(p, e) for p, e in best if e.band != "new"]
     if not plausible:
         return Decision(

@@ -187,17 +187,20 @@ class Model:
         odds = 2.0**weight
         return odds / (1.0 + odds)
 
-    def score_features(self, a: Features, b: Features, tf: TermFrequencies | None = None) -> Explanation:
-        tf = tf or self.term_frequencies
-        levels, names_swapped = compare_pair(a, b)
+    def _total(
+        self, a: Features, levels: dict[str, str], names_swapped: bool, tf: TermFrequencies | None,
+        scores: list[FieldScore] | None,
+    ) -> float:
+        """The pair's match weight; with `scores`, each field's part is appended to it. One code path
+        for `weight` and `score_features`, so that both give the very same float."""
         total = self._prior_weight
-        scores = []
         weights = self._weights
         group_of = self._group_of
         positive = dict.fromkeys(self.groups, 0.0)
         for name, level in levels.items():
             if level == MISSING:
-                scores.append(FieldScore(name, level, 0.0))
+                if scores is not None:
+                    scores.append(FieldScore(name, level, 0.0))
                 continue
             weight = weights[name].get(level, 0.0)
             adjusted = False
@@ -209,12 +212,27 @@ class Model:
             total += weight
             if weight > 0 and name in group_of:
                 positive[group_of[name]] += weight
-            scores.append(FieldScore(name, level, weight, adjusted))
+            if scores is not None:
+                scores.append(FieldScore(name, level, weight, adjusted))
         for group, summed in positive.items():
             cap = self.groups[group]["max_weight"]
             if summed > cap:
                 total += cap - summed
-                scores.append(FieldScore(f"{group}_cap", "capped", cap - summed))
+                if scores is not None:
+                    scores.append(FieldScore(f"{group}_cap", "capped", cap - summed))
+        return total
+
+    def weight(self, a: Features, b: Features, tf: TermFrequencies | None = None) -> float:
+        """The pair's match weight alone (no explanation, no guards): what `score_features` would give
+        as `.weight`. The online decision ranks a person's records by it and explains only the best."""
+        levels, names_swapped = compare_pair(a, b)
+        return self._total(a, levels, names_swapped, tf or self.term_frequencies, None)
+
+    def score_features(self, a: Features, b: Features, tf: TermFrequencies | None = None) -> Explanation:
+        tf = tf or self.term_frequencies
+        levels, names_swapped = compare_pair(a, b)
+        scores: list[FieldScore] = []
+        total = self._total(a, levels, names_swapped, tf, scores)
         guards = hard_negative_guards(a, b, levels)
         if total >= self.link_weight:
             band = "review" if guards else "link"

@@ -75,12 +75,32 @@ def insert_returning_id(conn: Connection, table: Table, row: dict[str, Any], on_
     return conn.exec_driver_sql(sql, _params(conn.dialect.name, table, columns, row)).scalar()
 
 
-def insert_many(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+COPY_FROM = 50
+"""From this many rows on, PostgreSQL gets them by COPY: a bulk load (a CSV chunk, its search index)
+is one stream instead of one INSERT per row (measured 1.6-1.7x the rows/s for the record index)."""
+
+
+def insert_many(
+    conn: Connection, table: Table, rows: Sequence[dict[str, Any]] | Sequence[tuple[Any, ...]],
+    columns: tuple[str, ...] | None = None,
+) -> None:
+    """Rows as dicts (converted per column), or, with `columns`, as tuples the driver takes as they are
+    (the search index: hundreds of thousands of plain strings in a bulk load)."""
     if not rows:
         return
-    columns = tuple(rows[0])
-    sql = _insert_sql(conn.dialect.name, table, columns, "")
-    conn.exec_driver_sql(sql, [_params(conn.dialect.name, table, columns, row) for row in rows])
+    dialect = conn.dialect.name
+    if columns is None:
+        columns = tuple(rows[0])
+        params = [_params(dialect, table, columns, row) for row in rows]  # type: ignore[arg-type]
+    else:
+        params = rows  # type: ignore[assignment]
+    if dialect == "postgresql" and len(params) >= COPY_FROM:
+        cursor = conn.connection.driver_connection.cursor()  # the same connection: the same transaction
+        with cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+            for values in params:
+                copy.write_row(values)
+        return
+    conn.exec_driver_sql(_insert_sql(dialect, table, columns, ""), params)
 
 
 def update_many(conn: Connection, table: Table, key: str, rows: Sequence[dict[str, Any]]) -> None:

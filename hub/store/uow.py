@@ -15,6 +15,8 @@ from sqlalchemy import Connection, Engine, bindparam, delete, false, func, selec
 
 from hub.messages import InboundMessage, Problem, Status
 from hub.store.driver import insert_many, insert_returning_id, update_many
+from hub.store.outbox import OutboxRepository
+from hub.store.search import conditions as search_conditions
 from hub.store.tables import messages, record_index, record_versions, records
 
 
@@ -131,8 +133,12 @@ class MessageRepository:
         if results:
             update_many(self.conn, messages, "id", [{"id": i, "result": r} for i, r in results.items()])
 
-    def result(self, message_id: int) -> Any:
-        return self.conn.execute(select(messages.c.result).where(messages.c.id == message_id)).scalar()
+    def processing_state(self, message_id: int) -> tuple[str | None, Any]:
+        """(state, result) of one message: whether processing has passed it, in whichever process."""
+        row = self.conn.execute(
+            select(messages.c.state, messages.c.result).where(messages.c.id == message_id)
+        ).one_or_none()
+        return (row.state, row.result) if row is not None else (None, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +163,8 @@ class RecordChanges:
     superseded: list[dict[str, Any]] = field(default_factory=list)
     """Versions replaced by this batch (record_id, version, data, message_id, recorded_at)."""
     reindexed: set[str] = field(default_factory=set)
-    index: list[dict[str, str]] = field(default_factory=list)
+    index: list[tuple[str, str, str, str]] = field(default_factory=list)
+    """(record_id, param, value, kind): plain strings, already clipped; handed to the driver as they are."""
 
 
 _COLUMNS = ("id", "kind", "source_system", "source_value", "patient_id", "version", "active", "data", "feed",
@@ -199,7 +206,7 @@ class RecordRepository:
         ids = list(changes.reindexed)
         for start in range(0, len(ids), 500):
             self.conn.execute(delete(record_index).where(record_index.c.record_id.in_(ids[start : start + 500])))
-        insert_many(self.conn, record_index, changes.index)
+        insert_many(self.conn, record_index, changes.index, columns=("record_id", "param", "value", "kind"))
 
     def get_many(self, ids: Collection[str]) -> dict[str, RecordRow]:
         found: dict[str, RecordRow] = {}
@@ -254,34 +261,12 @@ class RecordRepository:
         query = select(records).where(kind_column.in_(kinds) if len(kinds) > 1 else kind_column == kinds[0])
         if not include_deleted:
             query = query.where(records.c.deleted == false())
-        for param, op, value in criteria:
-            if param in ("_id", "patient_id"):
-                column = records.c.id if param == "_id" else records.c.patient_id
-                query = query.where(column == value)
-                continue
-            if param == "_lastUpdated":
-                query = query.where(_COMPARE[op](records.c.updated_at, datetime.fromisoformat(value)))
-                continue
-            column = record_index.c.value
-            match = column.startswith(value, autoescape=True) if op == "prefix" else _COMPARE[op](column, value)
-            query = query.where(
-                records.c.id.in_(
-                    select(record_index.c.record_id).where(
-                        record_index.c.kind.in_(kinds) if len(kinds) > 1 else record_index.c.kind == kinds[0],
-                        record_index.c.param == param, match,
-                    )
-                )
-            )
-        return query
+        return query.where(*search_conditions(records, kinds, criteria))  # OR, modifiers, chains: hub/store/search.py
 
 
 Criterion = tuple[str, str, str]
 """(search param, operator: eq | prefix | lt | le | gt | ge, normalised value)."""
 
-_COMPARE = {
-    "eq": lambda c, v: c == v, "lt": lambda c, v: c < v, "le": lambda c, v: c <= v,
-    "gt": lambda c, v: c > v, "ge": lambda c, v: c >= v,
-}
 
 
 def _columns(row: RecordRow) -> dict[str, Any]:
@@ -299,6 +284,10 @@ class UnitOfWork:
         self.tx = self.conn.begin()
         self.messages = MessageRepository(self.conn)
         self.records = RecordRepository(self.conn)
+        self.outbox = OutboxRepository(self.conn)
+        from hub.store.mpi import MpiRepository  # master patient index tables (hub/store/mpi.py)
+
+        self.mpi = MpiRepository(self.conn)
         return self
 
     def __exit__(self, *exc: object) -> None:

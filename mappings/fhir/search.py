@@ -7,6 +7,7 @@ interactions (If-None-Exist, conditional update and delete), so both mean the sa
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 
 from hub.model import Criterion
@@ -107,15 +108,102 @@ def criteria(resource_type: str, name: str, value: str) -> list[Criterion]:
     return [(name, "eq", value)]
 
 
+STRING_MODIFIERS = {"exact", "contains", "missing"}
+TOKEN_MODIFIERS = {"not", "missing"}
+EXACT = {"family": ["family:exact"], "given": ["given:exact"], "name": ["family:exact", "given:exact"]}
+"""String `:exact` compares with the value as written (case and accents kept), indexed under these params."""
+
+
+class UnknownParameter(KeyError):
+    """A parameter, modifier or chain this server does not support: reported (lenient) or refused (strict)."""
+
+
+def split_values(value: str) -> list[str]:
+    """A parameter value's comma-separated alternatives (FHIR OR); `\\,` stays a comma inside a value."""
+    parts, current, escaped = [], "", False
+    for char in value:
+        if escaped:
+            current += "," if char == "," else "\\" + char  # other escapes are the parameter's business
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ",":
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current + ("\\" if escaped else ""))
+    return parts
+
+
+def any_of(alternatives: list[list[Criterion]]) -> list[Criterion]:
+    """Criteria that hold when any one of the alternatives (each a conjunction) holds."""
+    if len(alternatives) == 1:
+        return alternatives[0]
+    return [("_or", "or", json.dumps(alternatives))]
+
+
+def _missing_param(resource_type: str, name: str) -> str:
+    """The index param whose absence means "no value" for this search parameter."""
+    if PARAMS[resource_type][name] == "reference":
+        return "patient_id"
+    if name in ("identifier", "code", "category"):
+        return f"{name}-value"
+    return DATE_INDEX.get(name, name)
+
+
+def _modified(resource_type: str, name: str, modifier: str, value: str) -> list[Criterion]:
+    kind = PARAMS[resource_type][name]
+    if modifier == "missing":
+        if name.startswith("_") or value not in ("true", "false"):
+            raise SearchValueError(f"{name}:missing")
+        return [(_missing_param(resource_type, name), "missing", value)]
+    if kind == "reference" and modifier == "Patient":
+        return any_of([criteria(resource_type, name, v) for v in split_values(value)])
+    if kind == "string" and modifier == "exact" and name in EXACT and resource_type == "Patient":
+        return any_of([[(param, "eq", v.strip())] for v in split_values(value) for param in EXACT[name]])
+    if kind == "string" and modifier == "contains":
+        found = [criteria(resource_type, name, v) for v in split_values(value)]
+        return any_of([[(p, "contains" if op == "prefix" else op, v) for p, op, v in c] for c in found])
+    if kind == "token" and modifier == "not":  # none of the values (a record without any also matches)
+        return [("_not", "not", json.dumps(criteria(resource_type, name, v))) for v in split_values(value)]
+    raise UnknownParameter(f"{name}:{modifier}")
+
+
+def _chained(resource_type: str, name: str, value: str) -> list[Criterion]:
+    """`subject:Patient.identifier=…`, `patient.family=…`: records whose patient matches."""
+    reference, _, target = name.partition(".")
+    base, _, type_ = reference.partition(":")
+    if PARAMS[resource_type].get(base) != "reference" or type_ not in ("", "Patient"):
+        raise UnknownParameter(name)
+    inner, unknown = parse_query("Patient", [(target, value)])
+    if unknown or not inner:
+        raise UnknownParameter(name)
+    return [("_chain", "patient", json.dumps(inner))]
+
+
+def parameter(resource_type: str, name: str, value: str) -> list[Criterion]:
+    """One `name=value` of a query → criteria; raises UnknownParameter or SearchValueError."""
+    if "." in name:
+        return _chained(resource_type, name, value)
+    base, _, modifier = name.partition(":")
+    if base not in PARAMS[resource_type]:
+        raise UnknownParameter(name)
+    if modifier:
+        return _modified(resource_type, base, modifier, value)
+    return any_of([criteria(resource_type, base, v) for v in split_values(value)])
+
+
 def parse_query(resource_type: str, pairs: list[tuple[str, str]]) -> tuple[list[Criterion], list[str]]:
-    """Criteria for every known parameter; the names of unknown ones (result parameters skipped)."""
+    """Criteria for every known parameter (repeated parameters: AND; commas in a value: OR); the names
+    of unknown or unsupported ones (parameters, modifiers, chains; result parameters are skipped)."""
     found: list[Criterion] = []
     unknown: list[str] = []
     for name, value in pairs:
         if name in RESULT_PARAMS:
             continue
-        if name not in PARAMS[resource_type]:
+        try:
+            found += parameter(resource_type, name, value)
+        except UnknownParameter:
             unknown.append(name)
-            continue
-        found += criteria(resource_type, name, value)
     return found, unknown

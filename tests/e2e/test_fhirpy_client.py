@@ -84,3 +84,29 @@ def test_fhirpy_async_client_paging(running_hub: RunningHub) -> None:
 
     ids = asyncio.run(run())
     assert len(ids) == len(set(ids)) == 5
+
+
+def test_fhirpy_or_modifiers_chain_revinclude_history(running_hub: RunningHub) -> None:
+    client = _client(running_hub)
+    family, mrn = unique("Fp"), unique("Y")
+    ines = client.resource("Patient", identifier=[{"system": SYSTEM, "value": mrn}],
+                           name=[{"family": family, "given": ["Ines"]}], gender="female")
+    ines.save()
+    odd = client.resource("Patient", name=[{"family": family.lower(), "given": ["Odd"]}], gender="male")
+    odd.save()
+    patients = client.resources("Patient")
+    assert {p.id for p in patients.search(family=family, gender="male,female").fetch_all()} == {ines.id, odd.id}
+    assert [p.id for p in patients.search(family__exact=family).fetch_all()] == [ines.id]
+    assert {p.id for p in patients.search(family__contains=family[2:].lower()).fetch_all()} == {ines.id, odd.id}
+    assert [p.id for p in patients.search(family=family, gender__not="female").fetch_all()] == [odd.id]
+
+    observation = client.resource("Observation", status="final", code={"text": "pulse"}, subject=ines.to_reference())
+    observation.save()
+    chained = client.resources("Observation").search(subject__Patient__identifier=f"{SYSTEM}|{mrn}").fetch_all()
+    assert [o.id for o in chained] == [observation.id]
+    raw = patients.search(_id=ines.id).revinclude("Observation", "subject").fetch_raw()
+    assert {(e["resource"]["resourceType"], e["search"]["mode"]) for e in raw["entry"]} == {
+        ("Patient", "match"), ("Observation", "include"),
+    }
+    history = client.execute("Patient/_history", method="get", params={"_count": 2})
+    assert history["type"] == "history" and len(history["entry"]) == 2

@@ -147,7 +147,8 @@ def test_patient_search_parameters(running_hub: RunningHub) -> None:
         pid = create(c, patient(mrn, name=[{"family": family, "given": ["Oriel"]}], birthDate="1961-03")).json()["id"]
         queries = [
             {"_id": pid}, {"identifier": mrn}, {"identifier": f"{SYSTEM}|{mrn}"}, {"family": family},
-            {"given": "ori", "family": family}, {"name": family}, {"family": family, "birthdate": "1961"},
+            {"given": "ori", "family": family}, {"name": family}, {"name": "oriel", "family": family},
+            {"family": family, "birthdate": "1961"},
             {"family": family, "birthdate": "ge1961-03-10"}, {"family": family, "birthdate": "le1961-03-01"},
             {"family": family, "birthdate": "lt1962"}, {"family": family, "birthdate": "gt1960"},
             {"family": family, "gender": "female"}, {"family": family, "address-postalcode": "62704"},

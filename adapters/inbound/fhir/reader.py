@@ -191,6 +191,8 @@ def _event(
         fields[EVENT_FIELDS[kind]] = [record] if EVENT_FIELDS[kind].endswith("s") else record
         subject = subject_reference(resource)
         resource = {k: v for k, v in resource.items() if k not in ("id", "meta")}  # the record keeps both
+        if resource_type == "Patient":  # Patient.link belongs to the master patient index (added on read)
+            resource.pop("link", None)
     request = RecordRequest(
         method=interaction, kind=kind, record_id=record_id, if_match=if_match, if_none_exist=if_none_exist,
         conditions=conditions, resource=resource, full_url=full_url, subject=subject, index=extra,

@@ -17,6 +17,7 @@ from fastapi.responses import Response
 
 from adapters.inbound.fhir.reader import bundle_entries
 from hub.access import PatientData, Permission, requires
+from hub.api.fhir import includes
 from hub.api.fhir.render import KINDS, TYPES, http_date, instant, render, row_resource, version_resource
 from hub.api.fhir.wire import (
     FHIR_VERSION, STATUS_CODES, Unsupported, body_is_xml, fhir_response, operation_outcome, outcome_body, wants_xml,
@@ -59,7 +60,7 @@ def _headers(row: RecordRow, request: Request, location: bool = False) -> dict[s
 
 @router.get("/metadata", dependencies=[Depends(requires(Permission.HEALTH))])
 def capability_statement(request: Request) -> Response:
-    interactions = ["read", "vread", "update", "delete", "history-instance", "search-type", "create"]
+    interactions = ["read", "vread", "update", "delete", "history-instance", "history-type", "search-type", "create"]
     return fhir_response({
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -81,13 +82,12 @@ def capability_statement(request: Request) -> Response:
                     "conditionalUpdate": True,
                     "conditionalDelete": "single",
                     "interaction": [{"code": c} for c in interactions],
-                    "searchInclude": [f"{name}:subject", f"{name}:patient"] if "patient" in params else [],
-                    "searchParam": [{"name": n, "type": "reference" if t == "reference" else t} for n, t in params.items()],
+                    **includes.capability(name, params),
                     "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
                 }
                 for name, params in search.PARAMS.items()
             ],
-            "interaction": [{"code": "transaction"}, {"code": "batch"}],
+            "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
         }],
     }, xml=wants_xml(request))
 
@@ -188,15 +188,8 @@ def _search_bundle(
             sort = ("-" if params["_sort"].startswith("-") else "") + SORTS[field]
         else:
             unknown.append("_sort")
-    include = False
-    for name, value in pairs:
-        if name == "_include":
-            if value in (f"{resource_type}:subject", f"{resource_type}:patient") and "patient" in search.PARAMS[resource_type]:
-                include = True
-            else:
-                unknown.append("_include")
-        elif name in ("_revinclude", "_elements") or (name == "_summary" and value != "count"):
-            unknown.append(name)
+    include, revinclude, unsupported = includes.parse(resource_type, pairs)
+    unknown += unsupported
     if unknown and strict:
         return 400, outcome_body("not-supported", f"unknown or unsupported search parameter {unknown[0][:40]}", unknown[0][:40])
     try:
@@ -231,6 +224,8 @@ def _search_bundle(
             {"fullUrl": f"{base}/Patient/{row.id}", "resource": row_resource(row), "search": {"mode": "include"}}
             for row in data.get_many("patient", patient_ids)
         ]
+    if revinclude:
+        bundle["entry"] += includes.revinclude_entries(data, base, revinclude, [row.id for row in rows[:count]])
     if unknown:
         bundle["entry"].append({"resource": {
             "resourceType": "OperationOutcome",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from fastapi.responses import Response
 from fhir.resources.R4B import get_fhir_model_class
 
@@ -27,18 +27,48 @@ class Unsupported(Exception):
     """A body in a media type the server does not take (415)."""
 
 
-def wants_xml(request: Request) -> bool:
-    """`_format` wins over `Accept`; JSON when neither names a FHIR format."""
+def negotiate(request: Request) -> str | None:
+    """The response format, "json" or "xml"; None when the client accepts neither (406).
+
+    FHIR R4 http.html, "Content Types and encodings": `_format` overrides `Accept`; a request for a
+    format the server cannot produce is answered 406. `Accept` ranges are tried by quality (q=0
+    excludes); `*/*` and `application/*` take the default, JSON; no `Accept` at all means JSON."""
     requested = request.query_params.get("_format")
     if requested:
-        return requested.split(";")[0].strip().lower() in XML_TYPES
-    for part in request.headers.get("accept", "").split(","):
-        media = part.split(";")[0].strip().lower()
-        if media in JSON_TYPES:
-            return False
+        media = requested.split(";")[0].strip().lower()
+        return "xml" if media in XML_TYPES else "json" if media in JSON_TYPES else None
+    header = request.headers.get("accept", "").strip()
+    if not header:
+        return "json"
+    ranges = []
+    for n, part in enumerate(header.split(",")):
+        media, *params = (p.strip() for p in part.split(";"))
+        quality = 1.0
+        for param in params:
+            if param.lower().startswith("q="):
+                try:
+                    quality = float(param[2:])
+                except ValueError:
+                    quality = 0.0
+        if media and quality > 0:
+            ranges.append((-quality, n, media.lower()))
+    for _, _, media in sorted(ranges):
+        if media in JSON_TYPES or media in ("*/*", "application/*"):
+            return "json"
         if media in XML_TYPES:
-            return True
-    return False
+            return "xml"
+    return None
+
+
+def acceptable(request: Request) -> None:
+    """Router dependency: 406 (an OperationOutcome in JSON, see hub.api.app) before any work is done."""
+    if negotiate(request) is None:
+        raise HTTPException(406, "not acceptable")
+
+
+def wants_xml(request: Request) -> bool:
+    """`_format` wins over `Accept`; JSON when neither names a FHIR format (406 is decided by `acceptable`)."""
+    return negotiate(request) == "xml"
 
 
 def body_is_xml(request: Request) -> bool:

@@ -1,0 +1,303 @@
+"""End-to-end delivery throughput: ADT in over MLLP, through processing and routing, out over MLLP
+to a local receiver that ACKs at once; messages/s fully delivered and latency from the inbound ACK
+to the outbound message's arrival.
+
+    python bench/delivery_throughput.py                 # 5000 ADT^A08, 8 connections, hub on SQLite, embedded delivery
+    python bench/delivery_throughput.py --db postgres   # hub on PostgreSQL (database created and dropped)
+
+The hub runs as `python -m hub serve` with a routes file sending every ADT to one MLLP destination
+(the built-in `ehr` profile); the receiver is a subprocess (`receiver` mode of this script). Every
+message is for its own fictional patient (MRN `BM` + 8 digits), which is how an outbound message is
+matched to its inbound ACK. Loopback only; temp files and databases are removed afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+VT, END = b"\x0b", b"\x1c\x0d"
+MRN = re.compile(rb"BM\d{8}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def adt(n: int) -> bytes:
+    return (
+        f"MSH|^~\\&|BENCH|NORTHWIND|HUB|HUB|20240101120000||ADT^A08^ADT_A01|BC{n:08d}|P|2.5.1\r"
+        f"EVN|A08|20240101120000\r"
+        f"PID|1||BM{n:08d}^^^NORTHWIND^MR||Benchperson^Alma^^^^^L||19800402|F|||12 Elm St^^Springfield^IL^62701||(555)555-0123\r"
+        f"PV1|1|I|W1^101^A\r"
+    ).encode()
+
+
+# --- the receiver (a subprocess) ---------------------------------------------------------------
+
+
+async def receive(port: int, out: Path) -> None:
+    arrivals: list[tuple[str, float]] = []
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        buffer = b""
+        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+            while data := await reader.read(65536):
+                buffer += data
+                while (end := buffer.find(END)) != -1:
+                    payload, buffer = buffer[buffer.find(VT) + 1 : end], buffer[end + 2 :]
+                    found = MRN.search(payload)
+                    arrivals.append((found.group().decode() if found else "?", time.time()))
+                    control = payload.split(b"\r", 1)[0].split(b"|")[9]
+                    writer.write(VT + b"MSH|^~\\&|R|R|HUB|HUB|20240101||ACK|A|P|2.5.1\rMSA|AA|" + control + b"\r" + END)
+        writer.close()
+
+    server = await asyncio.start_server(connection, "127.0.0.1", port)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    async with server:
+        while not stop.is_set():
+            out.with_suffix(".count").write_text(str(len(arrivals)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.1)
+    out.write_text(json.dumps(arrivals))
+
+
+# --- the sender --------------------------------------------------------------------------------
+
+
+async def send(port: int, total: int, connections: int, rate: float | None = None) -> dict[str, float]:
+    """Each connection sends a message and waits for its ACK; with `rate`, the whole sender is paced
+    to that many messages/s (a steady feed rather than a burst)."""
+    acked: dict[str, float] = {}
+    queue = list(range(total))
+    begin = time.monotonic()
+
+    async def one_connection() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        buffer = b""
+        while queue:
+            n = queue.pop()
+            if rate:
+                await asyncio.sleep(max(0.0, begin + (total - len(queue)) / rate - time.monotonic()))
+            writer.write(VT + adt(n) + END)
+            await writer.drain()
+            while END not in buffer:
+                buffer += await reader.read(65536)
+            ack, buffer = buffer[: buffer.find(END)], buffer[buffer.find(END) + 2 :]
+            assert b"MSA|AA" in ack, ack
+            acked[f"BM{n:08d}"] = time.time()
+        writer.close()
+
+    await asyncio.gather(*(one_connection() for _ in range(connections)))
+    return acked
+
+
+def wait_ready(url: str, timeout: float = 60) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError("hub not ready")
+
+
+class _Progress(threading.Thread):
+    """Once a second: processing backlog and deliveries so far (stderr), to see which stage lags."""
+
+    def __init__(self, http: str, count_file: Path, started: float, verbose: bool) -> None:
+        super().__init__(daemon=True)
+        self.http, self.count_file, self.started, self.verbose, self.stop = http, count_file, started, verbose, False
+
+    def run(self) -> None:
+        import httpx
+
+        while not self.stop and self.verbose:
+            time.sleep(1)
+            with contextlib.suppress(Exception):
+                status = httpx.get(f"{self.http}/api/status", timeout=2).json()
+                delivered = self.count_file.read_text()
+                print(f"{time.time() - self.started:6.1f}s processed={status['messages']['processed']} "
+                      f"backlog={status['backlog']} delivered={delivered}", file=sys.stderr)
+
+
+def run(
+    total: int, connections: int, db: str, verbose: bool = False, rate: float | None = None, redis: str | None = None,
+    workers: int = 2,
+) -> dict[str, object]:
+    work = Path(tempfile.mkdtemp(prefix="hub-delivery-bench-"))
+    receiver_port, http_port, mllp_port = free_port(), free_port(), free_port()
+    routes = work / "routes.yaml"
+    routes.write_text(
+        "destinations:\n"
+        f"  ehr: {{transport: mllp, host: 127.0.0.1, port: {receiver_port}, profile: ehr, version: \"2.5.1\"}}\n"
+        "routes:\n  - {name: adt-to-ehr, when: {message_type: ADT}, to: [ehr]}\n"
+    )
+    database_url, dropper = _database(db, work)
+    env = dict(os.environ, HUB_DATA_DIR=str(work), HUB_DATABASE_URL=database_url, HUB_ROUTES=str(routes),
+               HUB_HTTP_PORT=str(http_port), HUB_MLLP_PORT=str(mllp_port), HUB_LOG_LEVEL="WARNING")
+    env.pop("HUB_REDIS_URL", None)
+    if redis:
+        env.update(HUB_REDIS_URL=redis, HUB_REDIS_NAMESPACE=f"hub-bench-{uuid.uuid4().hex[:8]}")
+    arrivals_file = work / "arrivals.json"
+    receiver = subprocess.Popen([sys.executable, __file__, "receiver", str(receiver_port), str(arrivals_file)])
+    hub = subprocess.Popen([sys.executable, "-m", "hub", "serve"], cwd=REPO, env=env,
+                           stdout=open(work / "hub.log", "wb"), stderr=subprocess.STDOUT)
+    worker = None
+    try:
+        wait_ready(f"http://127.0.0.1:{http_port}/health/ready")  # migrations applied
+        if redis:
+            worker = subprocess.Popen([sys.executable, "-m", "hub", "worker", "--processes", str(workers), "--threads", "4"],
+                                      cwd=REPO, env=env, stdout=open(work / "worker.log", "wb"), stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+            time.sleep(3)  # dramatiq boots its processes
+        started = time.time()
+        progress = _Progress(f"http://127.0.0.1:{http_port}", arrivals_file.with_suffix(".count"), started, verbose)
+        progress.start()
+        acked = asyncio.run(send(mllp_port, total, connections, rate))
+        accepted = time.time()
+        count_file = arrivals_file.with_suffix(".count")
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                if int(count_file.read_text()) >= total:
+                    break
+            time.sleep(0.05)
+        progress.stop = True
+    finally:
+        if worker is not None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(60)
+        hub.send_signal(signal.SIGTERM)
+        receiver.send_signal(signal.SIGTERM)
+        hub.wait(30)
+        receiver.wait(30)
+        dropper()
+        if redis:
+            import redis as redis_client
+
+            client = redis_client.Redis.from_url(redis)
+            for key in client.scan_iter(f"{env['HUB_REDIS_NAMESPACE']}*"):
+                client.delete(key)
+    arrivals = dict(json.loads(arrivals_file.read_text()))
+    delivered = max(arrivals.values())
+    latencies = sorted((arrivals[k] - acked[k]) * 1000 for k in acked if k in arrivals)
+    return {
+        "messages": total, "connections": connections, "db": db, "rate": rate,
+        "mode": f"redis, {workers} worker processes x 4 threads" if redis else "embedded", "delivered": len(arrivals),
+        "accepted_per_s": round(total / (accepted - started)),
+        "delivered_per_s": round(len(arrivals) / (delivered - started)),
+        "latency_ms_p50": round(statistics.median(latencies), 1),
+        "latency_ms_p99": round(latencies[int(len(latencies) * 0.99) - 1], 1),
+    }
+
+
+def engine_only(total: int, db: str) -> dict[str, object]:
+    """The delivery engine alone (as `hub serve` runs it): `total` rows already in the outbox, one
+    MLLP destination (a receiver subprocess that ACKs at once), drained by one engine."""
+    sys.path.insert(0, str(REPO))
+    from functools import partial
+
+    from adapters.transport.delivery import make_transport
+    from hub.delivery.engine import DeliveryEngine
+    from hub.outbound import Destination, Outbound
+    from hub.store.engine import make_engine
+    from hub.store.migrate import upgrade
+    from hub.store.uow import UnitOfWork, utcnow
+
+    work = Path(tempfile.mkdtemp(prefix="hub-delivery-bench-"))
+    port = free_port()
+    arrivals_file = work / "arrivals.json"
+    receiver = subprocess.Popen([sys.executable, __file__, "receiver", str(port), str(arrivals_file)])
+    database_url, dropper = _database(db, work)
+    engine = make_engine(database_url)
+    try:
+        upgrade(engine)
+        rows = [(None, 0, Outbound("ehr", "bench", f"2.999|BM{n:08d}", f"K{n}", "application/hl7-v2",
+                                   adt(n).replace(b"|BC", b"|K", 1), "ADT^A08")) for n in range(total)]
+        with UnitOfWork(engine) as uow:
+            uow.outbox.add(rows, utcnow())
+            uow.commit()
+        destination = Destination("ehr", "mllp", "ehr", host="127.0.0.1", port=port)
+        delivery = DeliveryEngine(partial(UnitOfWork, engine), lambda: {"ehr": destination}, make_transport)
+        while not arrivals_file.with_suffix(".count").exists():
+            time.sleep(0.05)
+
+        async def drain() -> object:
+            try:
+                return await delivery.drain("ehr")
+            finally:
+                await delivery.close()
+
+        started = time.perf_counter()
+        result = asyncio.run(drain())
+        elapsed = time.perf_counter() - started
+    finally:
+        receiver.send_signal(signal.SIGTERM)
+        receiver.wait(30)
+        engine.dispose()
+        dropper()
+    return {"mode": "engine only", "db": db, "rows": total, "result": str(result),
+            "delivered_per_s": round(total / elapsed)}
+
+
+def _database(db: str, work: Path) -> tuple[str, object]:
+    if db == "sqlite":
+        return f"sqlite:///{work / 'hub.db'}", lambda: None
+    import psycopg
+
+    admin = os.environ.get("HUB_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    name = f"hub_bench_{uuid.uuid4().hex[:10]}"
+    dsn = admin.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return admin.rsplit("/", 1)[0] + f"/{name}", drop
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "receiver":
+        asyncio.run(receive(int(sys.argv[2]), Path(sys.argv[3])))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=5000)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--progress", action="store_true", help="print backlog and deliveries every second")
+    parser.add_argument("--redis", nargs="?", const="redis://127.0.0.1:6379/0", help="dramatiq mode: HUB_REDIS_URL and `hub worker`")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes with --redis")
+    parser.add_argument("--engine-only", action="store_true", help="the delivery engine alone, on a preloaded outbox")
+    parser.add_argument("--rate", type=float, help="pace the sender to this many messages/s (default: as fast as ACKs come)")
+    args = parser.parse_args()
+    if args.engine_only:
+        print(json.dumps(engine_only(args.n, args.db), indent=2))
+        return
+    print(json.dumps(run(args.n, args.connections, args.db, args.progress, args.rate, args.redis, args.workers), indent=2))
+
+
+if __name__ == "__main__":
+    main()

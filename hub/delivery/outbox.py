@@ -1,0 +1,116 @@
+"""Routing inside processing: each processed event's outbound messages join its transaction.
+
+`process_events` calls `route_events(uow, items)` after the records are written. The routes (a
+`Planner`) come with the unit of work (`RoutingUnitOfWork`, wired in `hub.bootstrap`), so the
+pipeline's signatures do not change and a hub without routes pays one attribute look-up per batch.
+A batch that rolls back takes its outbox rows with it; a batch that commits nudges the delivery
+side (embedded loop or dramatiq) for the destinations it wrote to — after the commit, so the
+nudged worker finds the rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from hub.messages import InboundMessage
+from hub.outbound import Outbound, RoutedEvent
+from hub.store.uow import SourceKey, UnitOfWork, utcnow
+
+log = logging.getLogger("hub.delivery")
+
+Planner = Callable[[RoutedEvent], list[Outbound]]
+"""The routes: one processed event → the outbound messages it causes (built now, from its data)."""
+Notify = Callable[[Collection[str]], None]
+"""Called after a commit with the destinations that got new rows."""
+
+
+@dataclass
+class Routing:
+    """What processing needs to route: the current routes (swapped on reload) and who to nudge."""
+
+    planner: Planner | None = None
+    notify: Notify | None = None
+
+
+class RoutingUnitOfWork(UnitOfWork):
+    """A unit of work that routes what it processes and, once committed, nudges delivery."""
+
+    def __init__(self, engine: Engine, routing: Routing) -> None:
+        super().__init__(engine)
+        self.routing = routing
+
+    def commit(self) -> None:
+        super().commit()
+        touched = self.outbox.touched
+        if touched and self.routing.notify is not None:
+            try:
+                self.routing.notify(set(touched))
+            except Exception as exc:  # noqa: BLE001 — the rows are committed; the sweep finds them
+                log.warning("nudging delivery failed (%s); the periodic sweep will deliver", type(exc).__name__)
+        touched.clear()
+
+
+def route_events(uow: UnitOfWork, items: Sequence[tuple[int, InboundMessage]]) -> int:
+    """Write the outbound rows for every event of these processed messages; returns how many."""
+    routing: Routing | None = getattr(uow, "routing", None)
+    planner = routing.planner if routing is not None else None
+    if planner is None or not items:
+        return 0
+    rows = [(e.message_id, e.event_index, o) for e in routed_events(uow, items) for o in planner(e)]
+    uow.outbox.add(rows, utcnow())
+    return len(rows)
+
+
+def routed_events(uow: UnitOfWork, items: Sequence[tuple[int, InboundMessage]]) -> list[RoutedEvent]:
+    """The events as routes see them, with the patient's record id, whether the patient has open
+    orders, and when the message was accepted (one look-up each for the whole batch)."""
+    keyed = list(_patient_keys(items))
+    records = uow.records.by_sources({key for *_, key in keyed})
+    record_ids = {key: row.id for key, row in records.items()}
+    persons = enterprise_ids(uow, list(record_ids.values()))
+    ordering = uow.outbox.with_open_orders(list(record_ids.values()))
+    accepted = uow.outbox.accepted_at([message_id for message_id, _ in items])
+    events = []
+    for message_id, n, inbound, key in keyed:
+        record_id = record_ids.get(key)
+        person = persons.get(record_id) if record_id else None
+        events.append(RoutedEvent(
+            message_id=message_id, event_index=n, feed=inbound.feed, format=inbound.format,
+            event=inbound.events[n], patient_key=f"{key[1]}|{key[2]}", patient_record_id=record_id,
+            enterprise_id=person[0] if person else None, identifiers=person[1] if person else (),
+            facility=_facility(inbound), accepted_at=accepted.get(message_id),
+            has_open_orders=record_id in ordering if record_id else None,
+        ))
+    return events
+
+
+def enterprise_ids(uow: UnitOfWork, record_ids: Sequence[str]) -> Mapping[str, tuple[str, tuple[tuple[str, str], ...]]]:
+    """Patient record id → (enterprise id, every (system, value) of the person's source records):
+    the links processing just wrote in this transaction (one query for the batch)."""
+    from hub.mpi.service import enterprise_ids as linked
+
+    return {rid: (person, tuple(identifiers)) for rid, (person, identifiers) in linked(uow, record_ids).items()}
+
+
+def _patient_keys(items: Sequence[tuple[int, InboundMessage]]) -> Iterator[tuple[int, int, InboundMessage, SourceKey]]:
+    from hub.pipeline import patient_key
+
+    for message_id, inbound in items:
+        for n, event in enumerate(inbound.events):
+            if event.patient is None:
+                continue  # nothing to order it by, nobody to address it to
+            try:
+                yield message_id, n, inbound, patient_key(event.patient)
+            except ValueError:
+                continue
+
+
+def _facility(inbound: InboundMessage) -> str | None:
+    """MSH-4: the HL7 v2 reader stores the sender as `MSH-3|MSH-4`."""
+    if inbound.format != "hl7v2" or not inbound.sender or "|" not in inbound.sender:
+        return None
+    return inbound.sender.split("|", 1)[1] or None

@@ -1,0 +1,536 @@
+"""The match step: every patient source record that a processing batch inserts or changes gets its
+person, in the same transaction as the records themselves.
+
+Batch-shaped on purpose (processing is one writer, many messages per transaction): the blocking keys
+of all the batch's records are looked up in one query, then the records are decided one after the
+other in memory, each one seeing those decided before it — two records of one new person in the
+same batch make one person, not two. Links, keys, events, reviews and golden records are then
+written with one statement per table.
+
+Manual decisions are sticky: a record a steward linked (or that an A40 merged) is never moved by
+automatic matching, and a pair declared "not a match" is never put together again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from hub.model import Patient, PatientEvent, source_identifier
+from hub.mpi.blocking import blocking_keys
+from hub.mpi.compare import Features, features, features_of_data
+from hub.mpi.decide import Decision, decide
+from hub.mpi.model import Explanation, Model, load_model
+from hub.mpi.survivorship import SourceRecord, golden
+from hub.store.mpi import Candidate, LinkRow, Member, PersonRow
+from hub.store.uow import RecordChanges, RecordRow, UnitOfWork
+
+log = logging.getLogger("hub.mpi")
+
+SYSTEM = "system"
+STICKY = frozenset({"manual", "merge"})
+"""Links automatic matching leaves alone: a steward's, and a source system's own merge (A40)."""
+
+MAX_KEY_RECORDS = 1000
+"""A blocking key naming this many records is too common to block on: it is left out (the record's
+other keys still find its candidates). Keeps a batch's candidate look-up bounded whatever the data."""
+MAX_PER_PERSON = 10
+"""A person's records compared with an incoming one: its best pair is nearly always among the first few."""
+MAX_SCORED = 100
+"""Candidate records scored for one incoming record. Blocks stay small for most records, but among a
+million persons a common surname and birth year names hundreds: those sharing the most keys with the
+incoming record (then the rarest keys) are scored, the rest — found by one common key alone — are
+not. Below this many candidates every one is scored, so decisions on small data are unchanged."""
+
+_model: Model | None = None
+_frequent_keys: dict[str, set[str]] = {}
+"""Per database: keys found naming MAX_KEY_RECORDS records or more (a key's records only grow; a restart
+re-learns them)."""
+_features: dict[tuple[str, int], Features] = {}
+_FEATURES_CACHE = 50_000
+
+
+class MpiError(Exception):
+    """A steward action that cannot be done; the text names ids only, never patient values."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status, self.text = status, text
+
+
+def current_model() -> Model:
+    """The model online matching uses: `use_model`'s, else the file HUB_MPI_MODEL names, else the shipped one."""
+    global _model
+    if _model is None and os.environ.get("HUB_MPI_MODEL"):
+        _model = load_model(Path(os.environ["HUB_MPI_MODEL"]))
+    return _model or load_model()
+
+
+def use_model(model: Model | None) -> None:
+    """Replace the model used online (tests, `hub mpi rematch --model`); None: the shipped default."""
+    global _model
+    _model = model
+
+
+def _load_features(uow: UnitOfWork, wanted: Collection[tuple[str, int]]) -> dict[str, Features]:
+    """Features of stored record versions: from the cache (candidates recur from batch to batch), the
+    rest read in one query and normalised once."""
+    found: dict[str, Features] = {}
+    missing = []
+    for record_id, version in wanted:
+        cached = _features.get((record_id, version))
+        if cached is None:
+            missing.append(record_id)
+        else:
+            found[record_id] = cached
+    if missing:
+        if len(_features) + len(missing) > _FEATURES_CACHE:
+            _features.clear()
+        for record_id, (version, data) in uow.mpi.record_data(missing).items():
+            found[record_id] = _features[(record_id, version)] = features_of_data(data)
+    return found
+
+
+def explanation_dict(e: Explanation) -> dict[str, Any]:
+    """What a link event keeps of an explanation: levels and weights (compact: one is stored per link)."""
+    return {
+        "weight": round(e.weight, 3), "probability": round(e.probability, 6), "band": e.band,
+        "fields": [{"field": f.field, "level": f.level, "weight": round(f.weight, 3), "tf_adjusted": f.tf_adjusted}
+                   for f in e.fields],
+        "guards": list(e.guards), "names_swapped": e.names_swapped, "model_version": e.model_version,
+    }
+
+
+# --- the processing hooks ---------------------------------------------------------------------
+
+
+def link_batch(uow: UnitOfWork, changes: RecordChanges, events: Iterable[tuple[int, PatientEvent]], at: datetime) -> None:
+    """After a batch's records are written: link every changed patient record, then apply the
+    batch's merges (ADT^A40: the record named in MRG-1 folds into the event's patient)."""
+    rows = [r for r in (*changes.inserted, *changes.updated) if r.kind == "patient"]
+    merges = [(m, e) for m, e in events if e.merged_identifier is not None and e.patient is not None]
+    if rows or merges:
+        link_patients(uow, rows, at, merges=merges)
+
+
+def link_patients(
+    uow: UnitOfWork, rows: Sequence[RecordRow], at: datetime, *, actor: str = SYSTEM, force: bool = False,
+    merges: Sequence[tuple[int, PatientEvent]] = (),
+) -> None:
+    """Link (or re-evaluate) these patient records. `force`: re-evaluate even sticky links (rematch after
+    a steward unlinked). Costs a fixed handful of queries per call, whatever the number of rows."""
+    started = time.perf_counter()
+    unique = list({r.id: r for r in rows if r.kind == "patient"}.values())
+    batch = _Batch(uow, at, actor, current_model())
+    batch.load(unique, force)
+    for row in unique:
+        batch.link(row)
+    batch.write_links()
+    for message_id, event in merges:
+        batch.merge_event(message_id, event)
+    batch.apply_pending_merges(unique)
+    for row in batch.reinactivate:  # merged away stays merged away: the update is kept, inactive
+        _mark_inactive(uow, row, row.message_id, at)
+    batch.write_links()
+    batch.write_persons()
+    if unique:
+        log.debug("linked %d patient records in %.1f ms", len(unique), (time.perf_counter() - started) * 1000)
+
+
+def enterprise_ids(uow: UnitOfWork, record_ids: Collection[str]) -> dict[str, tuple[str, list[tuple[str, str]]]]:
+    """Record id → (its person's enterprise id, every source identifier (system, value) of that person).
+    For the outbound side: a message about a source record can carry the enterprise id and the
+    identifiers the destination knows the patient by. Records not linked are left out."""
+    links = uow.mpi.links(record_ids)
+    members = uow.mpi.members({link.person_id for link in links.values()})
+    identifiers = {p: [(m.source_system, m.source_value) for m in ms if not m.deleted] for p, ms in members.items()}
+    return {rid: (link.person_id, identifiers.get(link.person_id, [])) for rid, link in links.items()}
+
+
+def match_candidates(uow: UnitOfWork, patient: Patient, limit: int = 10) -> list[tuple[str, Explanation]]:
+    """Persons that `patient` (not stored) may be, best first, each with its best pair's explanation:
+    blocking and scoring exactly as processing would decide, without linking anything (FHIR `$match`)."""
+    model = current_model()
+    f = features(patient)
+    wanted = set(blocking_keys(f))
+    frequent = {k for k, n in uow.mpi.key_counts(wanted).items() if n >= MAX_KEY_RECORDS}
+    candidates = uow.mpi.candidates(wanted - frequent)
+    stored = _load_features(uow, {(c.record_id, c.version) for cs in candidates.values() for c in cs})
+    best: dict[str, Explanation] = {}
+    for cs in candidates.values():
+        for c in cs:
+            other = stored.get(c.record_id)
+            if other is None:
+                continue
+            e = model.score_features(f, other)
+            if c.person_id not in best or e.weight > best[c.person_id].weight:
+                best[c.person_id] = e
+    return sorted(best.items(), key=lambda pe: -pe[1].weight)[:limit]
+
+
+# --- one batch ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Row:
+    row: RecordRow
+    features: Features | None
+    keys: list[str]
+    stored: list[Candidate] = field(default_factory=list)
+    """Stored records sharing a key with this one, first-seen order, at most MAX_SCORED (`_stored_candidates`)."""
+
+
+class _Batch:
+    """What one call decides, in memory until written: later records see earlier ones."""
+
+    def __init__(self, uow: UnitOfWork, at: datetime, actor: str, model: Model) -> None:
+        self.uow, self.at, self.actor, self.model = uow, at, actor, model
+        self.links: dict[str, LinkRow] = {}
+        self.stored: set[str] = set()  # record ids whose link is in the database
+        self.new_links: dict[str, LinkRow] = {}
+        self.changed_links: dict[str, LinkRow] = {}
+        self.rows: dict[str, _Row] = {}
+        self.candidates: dict[str, list[Candidate]] = {}
+        self.stored_features: dict[str, Features] = {}
+        self.frequent: set[str] = set()
+        self.batch_keys: dict[str, list[str]] = {}
+        self.pins: set[str] = set()
+        self.not_match: dict[str, set[str]] = {}
+        self.open_reviews: set[str] = set()
+        self.counts: dict[str, int] = {}
+        self.emptied: dict[str, str | None] = {}
+        self.new_persons: set[str] = set()
+        self.touched: set[str] = set()
+        self.rekeyed: set[str] = set()
+        self.key_entries: list[tuple[str, str]] = []
+        self.events: list[dict[str, Any]] = []
+        self.reviews: list[dict[str, Any]] = []
+        self.superseded_reviews: set[str] = set()
+        self.sole: dict[str, str] = {}  # new person → the batch record it was made for
+        self.reinactivate: list[RecordRow] = []
+        self.force = False
+
+    # loading: a fixed number of queries for the whole batch
+
+    def load(self, rows: Sequence[RecordRow], force: bool) -> None:
+        self.force = force
+        if not rows:
+            return
+        ids = [r.id for r in rows]
+        mpi = self.uow.mpi
+        self._remember_links(mpi.links(ids))
+        known = [i for i in ids if i in self.links]  # a record never linked has no decisions nor reviews yet
+        if known:
+            self.pins = set(mpi.pins(known))
+            self.not_match = mpi.not_matches(known)
+            others = set().union(*self.not_match.values()) - set(self.links) if self.not_match else set()
+            if others:
+                self._remember_links(mpi.links(others))
+            self.open_reviews = mpi.open_review_records(known)
+        all_keys: set[str] = set()
+        for row in rows:
+            f = None if row.deleted else features_of_data(row.data)
+            if f is not None:  # the next batches find this version as a candidate: normalise it once
+                _features[(row.id, row.version)] = f
+            keys = blocking_keys(f) if f is not None else []
+            self.rows[row.id] = _Row(row, f, keys)
+            all_keys.update(keys)
+        frequent = _frequent_keys.setdefault(str(self.uow.engine.url), set())
+        self.frequent = all_keys & frequent
+        self.candidates = mpi.candidates(all_keys - self.frequent)
+        for key, found in self.candidates.items():
+            if len(found) >= MAX_KEY_RECORDS:  # fetched once; from now on left out before the query
+                frequent.add(key)
+                self.frequent.add(key)
+        wanted: set[tuple[str, int]] = set()
+        for item in self.rows.values():  # only the candidates that will be scored are read and normalised
+            item.stored = self._stored_candidates(item.row.id, item.keys)
+            wanted.update((c.record_id, c.version) for c in item.stored if c.record_id not in self.rows)
+        self.stored_features = _load_features(self.uow, wanted)
+        self.counts = mpi.member_counts({link.person_id for rid, link in self.links.items() if rid in self.rows})
+
+    def _remember_links(self, found: dict[str, LinkRow]) -> None:
+        self.links.update(found)
+        self.stored.update(found)
+
+    # deciding
+
+    def link(self, row: RecordRow) -> None:
+        item = self.rows[row.id]
+        link = self.links.get(row.id)
+        self.rekeyed.add(row.id)
+        self.key_entries.extend((key, row.id) for key in item.keys)
+        if link is not None:
+            self.touched.add(link.person_id)
+            if link.replaced_by and row.active and not row.deleted:  # a late update to a merged-away record
+                self.reinactivate.append(row)
+        if item.features is None:  # deleted: no longer a candidate, still linked (history)
+            return
+        sticky = link is not None and (link.how in STICKY or row.id in self.pins)
+        if not sticky or self.force:
+            self._decide(row.id, item, link)
+        for key in item.keys:
+            self.batch_keys.setdefault(key, []).append(row.id)
+
+    def _decide(self, record_id: str, item: _Row, link: LinkRow | None) -> None:
+        assert item.features is not None
+        decision = decide(self.model, item.features, self._candidate_groups(record_id, item))
+        current = link.person_id if link else None
+        if decision.band == "link" and decision.person_id is not None:
+            if decision.person_id != current:
+                self.move(record_id, current, decision.person_id, "auto", decision.explanation, decision)
+            return
+        plausible = {decision.person_id, *(p for p, _ in decision.others)} if decision.band == "review" else set()
+        if current is not None and current in plausible:
+            return  # still among the plausible persons: a review would not add anything
+        target = self._own_person(current)
+        how = "review" if decision.band == "review" else "new"
+        if target != current:
+            self.move(record_id, current, target, how, decision.explanation, decision)
+        if decision.band == "review" and record_id not in self.open_reviews:
+            self._review(record_id, decision)
+
+    def _stored_candidates(self, record_id: str, keys: Sequence[str]) -> list[Candidate]:
+        """The stored records sharing a key with this one, in first-seen order. Past MAX_SCORED, only
+        the MAX_SCORED sharing the most keys (ties: found in the smaller block) are kept — the others
+        were found by one common key alone (a surname and birth year among a million persons)."""
+        found: dict[str, Candidate] = {}
+        shared: dict[str, int] = {}
+        rarest: dict[str, int] = {}
+        for key in keys:
+            if key in self.frequent:
+                continue
+            block = self.candidates.get(key, ())
+            for c in block:
+                if c.record_id in shared:
+                    shared[c.record_id] += 1
+                elif c.record_id != record_id:
+                    found[c.record_id], shared[c.record_id], rarest[c.record_id] = c, 1, len(block)
+        if len(found) <= MAX_SCORED:
+            return list(found.values())
+        keep = set(sorted(found, key=lambda r: (-shared[r], rarest[r]))[:MAX_SCORED])
+        return [c for r, c in found.items() if r in keep]
+
+    def _candidate_groups(self, record_id: str, item: _Row) -> dict[str, list[Features]]:
+        """Candidate person → features of its records sharing a key (the stored ones `_stored_candidates`
+        kept and this batch's records decided before), minus persons holding a record declared not to
+        be this one."""
+        excluded = {self.links[o].person_id for o in self.not_match.get(record_id, ()) if o in self.links}
+        groups: dict[str, list[Features]] = {}
+        seen = {record_id}
+
+        def add(person: str, f: Features | None) -> None:
+            if f is not None:
+                group = groups.setdefault(person, [])
+                if len(group) < MAX_PER_PERSON:
+                    group.append(f)
+
+        kept = {c.record_id for c in item.stored}
+        for key in item.keys:  # key by key, stored then batch: the order ties between equal weights follow
+            if key in self.frequent:
+                continue
+            for c in self.candidates.get(key, ()):
+                if c.record_id in kept and c.record_id not in seen:
+                    seen.add(c.record_id)
+                    person = self.links[c.record_id].person_id if c.record_id in self.links else c.person_id
+                    mate = self.rows.get(c.record_id)
+                    add(person, mate.features if mate else self.stored_features.get(c.record_id))
+            for other in self.batch_keys.get(key, ()):
+                if other not in seen and other in self.links:
+                    seen.add(other)
+                    add(self.links[other].person_id, self.rows[other].features)
+        for person in excluded:
+            groups.pop(person, None)
+        return groups
+
+    def _own_person(self, current: str | None) -> str:
+        """The person a record keeps when it matches no one: its own, if it is alone in it."""
+        if current is not None and self.counts.get(current, 0) == 1:
+            return current
+        person = str(uuid.uuid4())
+        self.new_persons.add(person)
+        self.counts[person] = 0
+        return person
+
+    def move(
+        self, record_id: str, current: str | None, target: str, how: str, explanation: Explanation | None,
+        decision: Decision | None = None, action: str | None = None, replaced_by: str | None = None,
+    ) -> None:
+        """Link the record to `target` (from `current`, or for the first time) and record why."""
+        score = round(explanation.weight, 4) if explanation else None
+        version = explanation.model_version if explanation else None
+        link = LinkRow(record_id, target, how, score, version, replaced_by, self.at)
+        (self.changed_links if record_id in self.stored else self.new_links)[record_id] = link
+        self.links[record_id] = link
+        self.counts[target] = self.counts.get(target, 0) + 1
+        self.touched.add(target)
+        if target in self.new_persons and record_id in self.rows:
+            self.sole.setdefault(target, record_id)
+        if current is not None and current != target:
+            self.counts[current] = self.counts.get(current, 1) - 1
+            self.touched.add(current)
+            if self.counts[current] <= 0:
+                self.emptied[current] = target
+        detail: dict[str, Any] = {"how": how}
+        if decision is not None:
+            detail |= {"band": decision.band, "reason": decision.reason}
+        if explanation is not None:
+            detail["explanation"] = explanation_dict(explanation)
+        if how == "auto" and record_id in self.open_reviews:  # matching has since become certain
+            self.superseded_reviews.add(record_id)
+            self.open_reviews.discard(record_id)
+        self.events.append({
+            "at": self.at, "actor": self.actor, "action": action or ("link" if current is None else "relink"),
+            "record_id": record_id, "from_person": current, "to_person": target, "score": score,
+            "model_version": version or self.model.version, "detail": detail,
+        })
+
+    def _review(self, record_id: str, decision: Decision) -> None:
+        candidates = [(decision.person_id, decision.explanation), *decision.others]
+        self.reviews.append({
+            "record_id": record_id, "status": "open", "created_at": self.at,
+            "candidates": [
+                {"person_id": p, "weight": round(e.weight, 4), "probability": round(e.probability, 6), "band": e.band,
+                 "guards": list(e.guards)}
+                for p, e in candidates if p is not None and e is not None
+            ],
+        })
+        self.open_reviews.add(record_id)
+
+    # merges (ADT^A40)
+
+    def merge_event(self, message_id: int, event: PatientEvent) -> None:
+        assert event.patient is not None and event.merged_identifier is not None
+        survivor_id = source_identifier(event.patient)
+        merged = event.merged_identifier
+        if survivor_id is None or not merged.value:
+            return
+        survivor_key = ("patient", survivor_id.system or "", survivor_id.value)
+        merged_key = ("patient", merged.system or "", merged.value)
+        if merged_key == survivor_key:
+            return
+        found = self.uow.records.by_sources([survivor_key, merged_key])
+        if survivor_key not in found:
+            return
+        if merged_key not in found:  # never seen: kept until that record arrives
+            self.uow.mpi.add_pending_merge(merged_key[1], merged_key[2], found[survivor_key].id, message_id, self.at)
+            self.events.append({
+                "at": self.at, "actor": self.actor, "action": "merge_pending", "record_id": found[survivor_key].id,
+                "model_version": self.model.version, "detail": {"message_id": message_id},
+            })
+            return
+        self.fold(found[merged_key], found[survivor_key].id, message_id)
+
+    def apply_pending_merges(self, rows: Sequence[RecordRow]) -> None:
+        if not rows:
+            return
+        waiting = self.uow.mpi.take_pending_merges({(r.source_system, r.source_value) for r in rows})
+        for row in rows:
+            survivor = waiting.get((row.source_system, row.source_value))
+            if survivor is not None and survivor != row.id:
+                self.fold(row, survivor, None)
+
+    def fold(self, merged: RecordRow, survivor_id: str, message_id: int | None) -> None:
+        """The merged-away record joins the survivor's person (with every record of its own person: the
+        source says they are one patient), is marked inactive and points at the survivor."""
+        self.write_links()
+        links = self.uow.mpi.links([merged.id, survivor_id])
+        if survivor_id not in links:
+            return
+        target = links[survivor_id].person_id
+        current = links[merged.id].person_id if merged.id in links else None
+        self.stored.update(links)
+        self.links.update(links)
+        if current is not None and current != target:
+            self.merge_persons(current, target, pin=False, action="a40_merge")
+        self.move(merged.id, target if current is not None else None, target, "merge", None,
+                  action="a40_merge", replaced_by=survivor_id)
+        self.counts[target] -= 1 if current is not None else 0
+        self.write_links()
+        _mark_inactive(self.uow, merged, message_id, self.at)
+
+    def merge_persons(self, source: str, target: str, *, pin: bool, action: str) -> None:
+        """Every record of `source` moves to `target`; `source` stays, inactive, pointing at `target`."""
+        self.write_links()
+        members = self.uow.mpi.record_ids_of(source)
+        existing = self.uow.mpi.links(members)
+        self._remember_links(existing)
+        self.counts[source] = len(members)
+        for record_id in members:
+            link = existing[record_id]
+            self.move(record_id, source, target, "manual" if pin else link.how, None, action=action)
+            if pin:
+                self.uow.mpi.add_decision("pin", record_id, self.actor, self.at, person_id=target)
+
+    # writing
+
+    def write_links(self) -> None:
+        if self.rekeyed:  # a record linked before has stored keys to replace; a new one has none
+            self.uow.mpi.replace_keys(self.rekeyed & self.stored, self.key_entries)
+            self.rekeyed, self.key_entries = set(), []
+        self.uow.mpi.write_links(list(self.new_links.values()), list(self.changed_links.values()))
+        self.stored.update(self.new_links)
+        self.new_links, self.changed_links = {}, {}
+        self.uow.mpi.add_events(self.events)
+        self.uow.mpi.add_reviews(self.reviews)
+        if self.superseded_reviews:
+            self.uow.mpi.resolve_reviews(self.superseded_reviews, self.actor, self.at, status="superseded")
+        self.events, self.reviews, self.superseded_reviews = [], [], set()
+
+    def write_persons(self) -> None:
+        """Golden records of every person this batch touched, rebuilt from their records."""
+        touched = {p for p in self.touched if p}
+        if not touched:
+            return
+        mpi = self.uow.mpi
+        # a person made by this batch for one of its records needs no look-up: that record is all it has
+        sole = {p: r for p, r in self.sole.items() if p in touched and self.counts.get(p) == 1}
+        existing = mpi.persons(touched - set(sole))
+        members = mpi.members(touched - set(sole))
+        inserted, updated = [], []
+        for person_id in sorted(touched):
+            records = [_member(self.rows[sole[person_id]].row, person_id)] if person_id in sole else members.get(person_id, [])
+            person = existing.get(person_id)
+            if not records:
+                if person is not None and person.active:
+                    person.active, person.merged_into = False, self.emptied.get(person_id)
+                    person.version, person.updated_at = person.version + 1, self.at
+                    updated.append(person)
+                continue
+            live = [m for m in records if m.active and not m.deleted] or [m for m in records if not m.deleted] or records
+            data, provenance = golden([SourceRecord(m.record_id, m.feed, m.updated_at, m.data) for m in live])
+            if person is None:
+                inserted.append(PersonRow(person_id, data, provenance, True, None, 1, self.at, self.at))
+            elif (person.data, person.provenance, person.active) != (data, provenance, True):
+                person.data, person.provenance, person.active, person.merged_into = data, provenance, True, None
+                person.version, person.updated_at = person.version + 1, self.at
+                updated.append(person)
+        mpi.write_persons(inserted, updated)
+
+
+def _member(row: RecordRow, person_id: str) -> Member:
+    return Member(row.id, person_id, row.source_system, row.source_value, row.feed, row.active, row.data,
+                  row.updated_at, row.deleted)
+
+
+def _mark_inactive(uow: UnitOfWork, row: RecordRow, message_id: int | None, at: datetime) -> None:
+    """A new version of the merged-away record with `active: false` (its history stays readable)."""
+    from hub.pipeline import RecordSet  # the pipeline imports this module lazily; no cycle at import time
+
+    key = (row.kind, row.source_system, row.source_value)
+    record_set = RecordSet(uow.records, [key])
+    current = record_set.rows.get(key)
+    if current is None or not current.active:
+        return
+    patient = Patient.model_validate(current.data)
+    patient.active = False
+    record_set.put(key, patient, None, current.feed, message_id or current.message_id or 0, at,
+                   resource=current.resource)
+    uow.records.write(record_set.changes())

@@ -1,0 +1,139 @@
+"""The loaded routes: which destinations an event goes to, and the messages built for them now.
+
+Profiles (HL7 v2, FHIR, CSV builders) live in `adapters/outbound/`; the core only knows them as
+`Profile` values handed in at load time, so nothing here knows ER7, FHIR JSON or CSV.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hub.outbound import Destination, Outbound, RoutedEvent
+from hub.routing.conditions import Predicate
+
+
+@dataclass(frozen=True, slots=True)
+class Built:
+    """What a profile builds for one event and one destination (the route table adds the rest)."""
+
+    payload: bytes
+    content_type: str
+    summary: str
+    """What it is (`ADT^A01`, `Bundle(transaction)`, `csv(2 rows)`): never patient data."""
+
+
+Builder = Callable[[RoutedEvent, Destination, str], "Built | None"]
+"""(event, destination, control id) → the message, or None when the profile has nothing to send
+for this kind of event (e.g. the lab profile and a DFT)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    name: str
+    formats: Mapping[str, Builder]
+    """Format (hl7v2, fhir, csv) → builder."""
+    options: Mapping[str, frozenset[str] | None] = field(default_factory=dict)
+    """Destination options the profile reads: name → allowed values (None: any text)."""
+    check: Callable[[Destination], list[str]] | None = None
+    """Further checks of a destination's settings (e.g. a message type its HL7 version lacks):
+    the problems, as text naming settings only."""
+
+
+def control_id(message_id: int, event_index: int, destination: str) -> str:
+    """A stable id for one event's message to one destination: MSH-10, X-Request-Id, the FHIR
+    bundle's identifier. The same event to the same destination always gets the same id (retries,
+    a rebuild for a replay), so a receiver can drop duplicates. At most 20 characters (MSH-10 is
+    ST(20) in v2.5.1) for message ids below 36^10 and event indexes below 36^3:
+    `H<message id>.<event index>.<4 chars>`, base 36,
+    the last four a hash of the destination name (two receivers rarely share an id space anyway)."""
+    digest = hashlib.sha1(destination.encode("utf-8")).digest()
+    tag = base64.b32encode(digest).decode("ascii")[:4]
+    return f"H{_base36(message_id)}.{_base36(event_index)}.{tag}"
+
+
+def _base36(n: int) -> str:
+    digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    if n < 0:
+        raise ValueError("ids are not negative")
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if n == 0:
+            return out
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    to: tuple[str, ...]
+    conditions: tuple[Predicate, ...] = ()
+    profile: str | None = None
+    """Overrides the destinations' own profile for this route's messages."""
+    line: int = 0
+
+    def matches(self, event: RoutedEvent) -> bool:
+        return all(condition(event) for condition in self.conditions)
+
+
+class BuildError(RuntimeError):
+    """A profile failed on an event. Names the route, destination and error class only (no data)."""
+
+
+@dataclass(slots=True)
+class RouteTable:
+    destinations: dict[str, Destination]
+    routes: list[Route]
+    profiles: Mapping[str, Profile]
+    source: Path | None = None
+
+    def plan(self, event: RoutedEvent) -> list[Outbound]:
+        """The outbound messages for one processed event, built now from this event's data.
+
+        Routes are tried in file order; a destination fed by several matching routes gets the
+        event once per profile (the first matching route names it)."""
+        planned: list[Outbound] = []
+        seen: set[tuple[str, str]] = set()
+        for route in self.routes:
+            if not route.matches(event):
+                continue
+            for name in route.to:
+                destination = self.destinations[name]
+                profile = route.profile or destination.profile
+                if (name, profile) in seen:
+                    continue
+                seen.add((name, profile))
+                outbound = self._build(event, route, destination, profile)
+                if outbound is not None:
+                    planned.append(outbound)
+        return planned
+
+    def _build(self, event: RoutedEvent, route: Route, destination: Destination, profile: str) -> Outbound | None:
+        scope = destination.name if profile == destination.profile else f"{destination.name}/{profile}"
+        key = control_id(event.message_id, event.event_index, scope)
+        builder = self.profiles[profile].formats[destination.format]
+        try:
+            built = builder(event, destination, key)
+        except Exception as exc:  # noqa: BLE001 — re-raised without the data it may carry
+            raise BuildError(
+                f"profile {profile} failed for route {route.name} → {destination.name}: {type(exc).__name__}"
+            ) from exc
+        if built is None:
+            return None
+        ordering = destination.name if destination.ordering == "strict" else event.patient_key
+        return Outbound(
+            destination=destination.name,
+            route=route.name,
+            ordering_key=ordering,
+            idempotency_key=key,
+            content_type=built.content_type,
+            payload=built.payload,
+            summary=built.summary,
+        )
+
+    def summary(self) -> str:
+        return f"{len(self.destinations)} destinations, {len(self.routes)} routes"

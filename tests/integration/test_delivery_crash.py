@@ -1,0 +1,189 @@
+"""kill -9 of `hub serve` in the middle of a burst: after a restart every accepted message is
+delivered, none lost, per-patient order kept, and a duplicate only where the log shows a retry."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from adapters.transport.mllp import send_all
+from hub.store.engine import make_engine
+from hub.store.outbox import outbox
+from hub.store.tables import messages
+from tests.conftest import adt, free_port, unique
+from tests.integration.delivery_fakes import FakeMllpReceiver
+
+REPO = Path(__file__).resolve().parents[2]
+
+ROUTES = """\
+destinations:
+  ehr:
+    transport: mllp
+    host: 127.0.0.1
+    port: {port}
+    profile: ehr
+    connect_timeout: 1
+    timeout: 1
+    retry: {{initial_delay: 0.2, max_delay: 1, max_attempts: 100}}
+routes:
+  - {{name: adt-to-ehr, when: {{message_type: ADT}}, to: [ehr]}}
+"""
+
+
+def _last_id(engine: object) -> int:
+    """Rows of earlier tests in this module's database are left out of every count."""
+    with engine.connect() as conn:  # type: ignore[attr-defined]
+        return int(conn.execute(select(func.coalesce(func.max(outbox.c.id), 0))).scalar_one())
+
+
+def _serve(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen([sys.executable, "-m", "hub", "serve"], cwd=REPO, env=env,
+                               stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{env['HUB_HTTP_PORT']}/health/ready", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        assert process.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.1)
+    raise AssertionError("hub did not start")
+
+
+@pytest.mark.slow
+def test_kill_9_mid_burst_then_restart_delivers_everything_in_order(database_url: str, tmp_path: Path) -> None:
+    receiver = FakeMllpReceiver(delay=0.003).start()
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(ROUTES.format(port=receiver.port))
+    env = dict(os.environ, HUB_DATABASE_URL=database_url, HUB_ROUTES=str(routes), HUB_DATA_DIR=str(tmp_path),
+               HUB_HTTP_PORT=str(free_port()), HUB_MLLP_PORT=str(free_port()), HUB_LOG_LEVEL="WARNING")
+    env.pop("HUB_REDIS_URL", None)
+    log = tmp_path / "hub.log"
+    hub = _serve(env, log)
+    engine = make_engine(database_url)
+    since = _last_id(engine)
+    try:
+        patients = [unique("M") for _ in range(10)]
+        frames = [adt(mrn=patients[n % 10], trigger="A08") for n in range(300)]
+        acks = asyncio.run(send_all("127.0.0.1", int(env["HUB_MLLP_PORT"]), frames))
+        assert all(b"MSA|AA" in a for a in acks)
+        deadline = time.monotonic() + 30
+        while len(receiver.ids()) < 40 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        hub.send_signal(signal.SIGKILL)  # mid-delivery (and, most likely, mid-processing)
+        hub.wait(10)
+        delivered_before = len(receiver.ids())
+        assert 40 <= delivered_before < 300, delivered_before
+
+        hub = _serve(env, log)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                states = dict(conn.execute(select(outbox.c.state, func.count()).where(outbox.c.id > since)
+                                           .group_by(outbox.c.state)).all())
+            if states.get("delivered", 0) == 300:
+                break
+            time.sleep(0.2)
+        assert states == {"delivered": 300}, states
+        with engine.connect() as conn:
+            rows = conn.execute(select(outbox.c.id, outbox.c.ordering_key, outbox.c.idempotency_key,
+                                       outbox.c.attempts).where(outbox.c.id > since).order_by(outbox.c.id)).all()
+            accepted = conn.execute(select(func.count()).select_from(messages).where(
+                messages.c.state == "processed", messages.c.id.in_(select(outbox.c.message_id).where(outbox.c.id > since))
+            )).scalar_one()
+        assert accepted == 300 and len({r.idempotency_key for r in rows}) == 300, "one row per accepted message"
+        arrivals = receiver.ids()
+        assert set(arrivals) == {r.idempotency_key for r in rows}, "nothing lost"
+        first_seen: dict[str, list[str]] = {}
+        key_of = {r.idempotency_key: r.ordering_key for r in rows}
+        for key in dict.fromkeys(arrivals):  # first arrival of each message, in arrival order
+            first_seen.setdefault(key_of[key], []).append(key)
+        expected: dict[str, list[str]] = {}
+        for r in rows:
+            expected.setdefault(r.ordering_key, []).append(r.idempotency_key)
+        assert first_seen == expected, "per-patient order kept"
+        retried = {r.idempotency_key for r in rows if r.attempts > 1}
+        duplicates = {key for key, n in receiver.counts.items() if n > 1}
+        assert duplicates <= retried, "a duplicate only where the attempts show a retry"
+    finally:
+        if hub.poll() is None:
+            hub.send_signal(signal.SIGTERM)
+            hub.wait(30)
+        engine.dispose()
+        receiver.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_hub_worker_delivers_what_hub_serve_routes_over_redis(database_url: str, tmp_path: Path) -> None:
+    """The deployment shape: `hub serve` with HUB_REDIS_URL only nudges; `hub worker` (dramatiq,
+    2 processes) delivers; a worker killed with -9 mid-burst is made up by the others."""
+    receiver = FakeMllpReceiver(delay=0.002).start()
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(ROUTES.format(port=receiver.port))
+    namespace = unique("hubtest")
+    env = dict(os.environ, HUB_DATABASE_URL=database_url, HUB_ROUTES=str(routes), HUB_DATA_DIR=str(tmp_path),
+               HUB_HTTP_PORT=str(free_port()), HUB_MLLP_PORT=str(free_port()), HUB_LOG_LEVEL="WARNING",
+               HUB_REDIS_URL=os.environ.get("HUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+               HUB_REDIS_NAMESPACE=namespace, HUB_SWEEP_EVERY="0.5")
+    hub = _serve(env, tmp_path / "hub.log")
+    workers = [subprocess.Popen([sys.executable, "-m", "hub", "worker", "--processes", "1", "--threads", "2"],
+                                cwd=REPO, env=env, stdout=open(tmp_path / f"worker{n}.log", "wb"),
+                                stderr=subprocess.STDOUT, start_new_session=True) for n in range(2)]
+    engine = make_engine(database_url)
+    since = _last_id(engine)
+    try:
+        patients = [unique("M") for _ in range(8)]
+        frames = [adt(mrn=patients[n % 8], trigger="A08") for n in range(200)]
+        assert all(b"MSA|AA" in a for a in asyncio.run(send_all("127.0.0.1", int(env["HUB_MLLP_PORT"]), frames)))
+        deadline = time.monotonic() + 30
+        while len(receiver.ids()) < 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.killpg(workers[0].pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                delivered = conn.execute(select(func.count()).select_from(outbox)
+                                         .where(outbox.c.state == "delivered", outbox.c.id > since)).scalar_one()
+            if delivered == 200:
+                break
+            time.sleep(0.2)
+        with engine.connect() as conn:
+            states = dict(conn.execute(select(outbox.c.state, func.count()).where(outbox.c.id > since)
+                                       .group_by(outbox.c.state)).all())
+        assert delivered == 200, (states, (tmp_path / "worker1.log").read_text()[-2000:])
+        with engine.connect() as conn:
+            rows = conn.execute(select(outbox.c.ordering_key, outbox.c.idempotency_key)
+                                .where(outbox.c.id > since).order_by(outbox.c.id)).all()
+        key_of = {r.idempotency_key: r.ordering_key for r in rows}
+        first_seen: dict[str, list[str]] = {}
+        for key in dict.fromkeys(receiver.ids()):
+            first_seen.setdefault(key_of[key], []).append(key)
+        expected: dict[str, list[str]] = {}
+        for r in rows:
+            expected.setdefault(r.ordering_key, []).append(r.idempotency_key)
+        assert first_seen == expected
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGTERM)
+                worker.wait(60)
+        hub.send_signal(signal.SIGTERM)
+        hub.wait(30)
+        engine.dispose()
+        receiver.stop()
+        import redis
+
+        client = redis.Redis.from_url(env["HUB_REDIS_URL"])
+        for key in client.scan_iter(f"{namespace}*"):
+            client.delete(key)
