@@ -20,8 +20,12 @@ import httpx
 import psycopg
 import pytest
 
+from sqlalchemy import Engine
+
 from hub.bootstrap import Hub, build, serve
 from hub.settings import Settings
+from hub.store.engine import make_engine
+from hub.store.migrate import upgrade
 
 POSTGRES_URL = os.environ.get("HUB_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -74,9 +78,23 @@ class RunningHub:
         return httpx.Client(base_url=self.http, timeout=30)
 
 
+@pytest.fixture(scope="module")
+def db(database_url: str) -> Iterator[Engine]:
+    """An engine on the module's database, migrated (for tests that drive the pipeline directly)."""
+    engine = make_engine(database_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
 def start_hub(settings: Settings, timeout: float = 30) -> tuple[RunningHub, threading.Thread]:
     """Run `serve` on a thread of its own, exactly as `hub serve` would, and wait until it is ready."""
-    hub = build(settings)
+    return run_hub(build(settings), timeout)
+
+
+def run_hub(hub: Hub, timeout: float = 30) -> tuple[RunningHub, threading.Thread]:
+    """`start_hub` for a hub built with test stand-ins (routes, transports)."""
+    settings = hub.settings
     thread = threading.Thread(target=lambda: asyncio.run(serve(hub)), daemon=True, name="hub-under-test")
     thread.start()
     running = RunningHub(hub, f"http://127.0.0.1:{settings.http_port}", settings.mllp_port, settings.data_dir)

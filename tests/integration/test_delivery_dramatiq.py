@@ -19,8 +19,6 @@ from hub import jobs
 from hub.delivery.outbox import Routing, RoutingUnitOfWork
 from hub.outbound import Destination, RetryPolicy
 from hub.pipeline import process_pending, store_batch
-from hub.store.engine import make_engine
-from hub.store.migrate import upgrade
 from hub.store.outbox import outbox
 from hub.store.uow import UnitOfWork
 from tests.conftest import adt, unique
@@ -28,14 +26,6 @@ from tests.integration.delivery_fakes import FakeMllpReceiver, echo_planner
 
 REDIS_URL = os.environ.get("HUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture(scope="module")
-def db(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    upgrade(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

@@ -7,33 +7,22 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 from functools import partial
 
-import pytest
 from sqlalchemy import Engine
 
 from adapters.transport.delivery import make_transport
 from hub.delivery.engine import DeliveryEngine
 from hub.outbound import Destination, Outbound, RetryPolicy
-from hub.store.engine import make_engine
-from hub.store.migrate import upgrade
 from hub.store.outbox import OutboxRow
 from hub.store.uow import UnitOfWork, utcnow
 from tests.conftest import free_port, unique
 from tests.integration.delivery_fakes import FakeMllpReceiver, outbound
 
 FAST = RetryPolicy(max_attempts=3, initial_delay=0.05, max_delay=0.2, multiplier=2.0, jitter=0.2)
-
-
-@pytest.fixture(scope="module")
-def db(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    upgrade(engine)
-    yield engine
-    engine.dispose()
 
 
 def destination(port: int, **changes: object) -> Destination:

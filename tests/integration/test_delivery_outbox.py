@@ -6,34 +6,23 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from functools import partial
 from types import SimpleNamespace
 
-import httpx
 import pytest
 from sqlalchemy import Engine, create_engine, func, select
 
 from adapters.inbound.hl7v2.reader import read_frame, read_message
 from adapters.transport.mllp import send_all
-from hub.bootstrap import Hub, build, serve
+from hub.bootstrap import build
 from hub.delivery.outbox import Routing, RoutingUnitOfWork
 from hub.outbound import Destination, Outbound, RetryPolicy, RoutedEvent
 from hub.pipeline import process_pending, store_batch
-from hub.store.engine import make_engine
-from hub.store.migrate import upgrade
 from hub.store.outbox import outbox
 from hub.store.uow import UnitOfWork
-from tests.conftest import RunningHub, adt, hub_settings, unique
+from tests.conftest import RunningHub, adt, hub_settings, run_hub, unique
 from tests.integration.delivery_fakes import FakeMllpReceiver, echo_planner
-
-
-@pytest.fixture(scope="module")
-def db(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    upgrade(engine)
-    yield engine
-    engine.dispose()
 
 
 def _store(db: Engine, frames: list[bytes]) -> list[int]:
@@ -133,19 +122,7 @@ def start_routed_hub(database_url: str, data_dir: object, destinations: dict[str
                      **settings: object) -> tuple[RunningHub, threading.Thread]:
     """`hub serve` on a thread, with a stand-in for the routes file (destinations + planner)."""
     routes = SimpleNamespace(destinations=destinations, plan=planner)
-    hub: Hub = build(hub_settings(database_url, data_dir, **settings), routes=routes, sweep_every=0.1)  # type: ignore[arg-type]
-    thread = threading.Thread(target=lambda: asyncio.run(serve(hub)), daemon=True)
-    thread.start()
-    running = RunningHub(hub, f"http://127.0.0.1:{hub.settings.http_port}", hub.settings.mllp_port, hub.settings.data_dir)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{running.http}/health/ready", timeout=1).status_code == 200:
-                return running, thread
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError("hub did not become ready")
+    return run_hub(build(hub_settings(database_url, data_dir, **settings), routes=routes, sweep_every=0.1))  # type: ignore[arg-type]
 
 
 def test_hub_serve_delivers_in_per_patient_order(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> None:
