@@ -36,6 +36,8 @@ from hub.pipeline import Reader, UowFactory, process_pending, store_and_process,
 log = logging.getLogger("hub.intake")
 
 MAX_BATCH = 500
+MAX_READ_AHEAD = 5_000
+"""Stored messages kept decoded in memory for processing; beyond, processing decodes their bytes again."""
 
 
 class StillProcessing(Exception):
@@ -232,8 +234,9 @@ class Intake:
                 self._wake_waiters()
             else:
                 for message, outcome in zip(batch, outcomes, strict=True):
-                    if message.events and message.status is Status.ACCEPTED and outcome.message_id is not None \
-                            and outcome.duplicate_of is None:
+                    if (message.events or message.content) and message.status is Status.ACCEPTED \
+                            and outcome.message_id is not None and outcome.duplicate_of is None \
+                            and len(self._read) < MAX_READ_AHEAD:
                         self._read[outcome.message_id] = message
             for (_, future), outcome in zip(items, outcomes, strict=True):
                 if not future.done():

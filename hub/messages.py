@@ -7,6 +7,7 @@ the other's protocol: the core never sees MLLP or HTTP, adapters never see stora
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -54,6 +55,15 @@ class InboundMessage:
     context: dict[str, Any] | None = None
     """What the door needs, besides the bytes, to read the message again at processing (stored with
     it): for FHIR the interaction (method, resource type, id, conditions, content type)."""
+    content: Callable[[], list[PatientEvent]] | None = None
+    """The events, mapped when called: a door that decoded the message to judge it but left the mapping
+    for processing (HL7 v2, to keep ACKs fast) hands over what it decoded, so processing in this process
+    does not decode the stored bytes again. Memory only; processing elsewhere reads the bytes."""
+
+    def take_content(self) -> None:
+        """Map what the door decoded (see `content`), once."""
+        if self.content is not None:
+            self.events, self.content = self.content(), None
 
     @property
     def dedupe_key(self) -> str | None:

@@ -88,7 +88,8 @@ def store_and_process(
             outcomes = _store_into(uow, batch)
             fresh = {
                 o.message_id: m for m, o in zip(batch, outcomes, strict=True)
-                if m.events and m.status is Status.ACCEPTED and o.message_id is not None and o.duplicate_of is None
+                if (m.events or m.content) and m.status is Status.ACCEPTED and o.message_id is not None
+                and o.duplicate_of is None
             }
             last, drained, done, processed = None, False, {}, set()
             if uow.try_lock(PROCESSING_LOCK):
@@ -195,6 +196,8 @@ def process_events(uow: UnitOfWork, items: Sequence[tuple[int, InboundMessage]])
     from hub.writes import SharedWrites, apply_requests
 
     uow.prefer_index_scans()
+    for _, inbound in items:
+        inbound.take_content()
 
     def is_rest(inbound: InboundMessage) -> bool:
         return inbound.format == "fhir" or any(e.request is not None for e in inbound.events)

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 
 from hub.messages import InboundMessage
 from hub.outbound import Outbound, RoutedEvent
+from hub.routing.table import control_id
 from hub.store.uow import SourceKey, UnitOfWork, utcnow
 
 log = logging.getLogger("hub.delivery")
@@ -60,17 +61,35 @@ def route_events(uow: UnitOfWork, items: Sequence[tuple[int, InboundMessage]]) -
     planner = routing.planner if routing is not None else None
     if planner is None or not items:
         return 0
-    rows = [(e.message_id, e.event_index, o) for e in routed_events(uow, items) for o in planner(e)]
+    rows = [(e.message_id, e.event_index, o) for e in routed_events(uow, items) for o in plan_event(planner, e)]
     uow.outbox.add(rows, utcnow())
     return len(rows)
+
+
+UNROUTED = "(routes)"
+"""Destination and route of the dead row written when the planner itself fails on an event."""
+
+
+def plan_event(planner: Planner, event: RoutedEvent) -> list[Outbound]:
+    """The planner's messages for one event. The route table turns a failing profile into a dead
+    row itself; any other failure of the planner becomes one dead row for the event (replay its
+    message after the fix) — never a rolled-back batch, which would leave the records unwritten."""
+    try:
+        return planner(event)
+    except Exception as exc:  # noqa: BLE001 — only the class is kept: the text may quote data
+        log.error("routing message %d event %d failed (%s)", event.message_id, event.event_index, type(exc).__name__)
+        return [Outbound(
+            destination=UNROUTED, route=UNROUTED, ordering_key=event.patient_key,
+            idempotency_key=control_id(event.message_id, event.event_index, UNROUTED), content_type="",
+            payload=b"", summary="(not built)", error=f"{type(exc).__name__} in the routes",
+        )]
 
 
 def routed_events(uow: UnitOfWork, items: Sequence[tuple[int, InboundMessage]]) -> list[RoutedEvent]:
     """The events as routes see them, with the patient's record id, whether the patient has open
     orders, and when the message was accepted (one look-up each for the whole batch)."""
     keyed = list(_patient_keys(items))
-    records = uow.records.by_sources({key for *_, key in keyed})
-    record_ids = {key: row.id for key, row in records.items()}
+    record_ids = uow.records.ids_by_sources({key for *_, key in keyed})
     persons = enterprise_ids(uow, list(record_ids.values()))
     ordering = uow.outbox.with_open_orders(list(record_ids.values()))
     accepted = uow.outbox.accepted_at([message_id for message_id, _ in items])

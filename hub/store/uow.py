@@ -6,7 +6,7 @@ writes SQL. Everything a unit of work did is committed together or not at all.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -172,6 +172,10 @@ _COLUMNS = ("id", "kind", "source_system", "source_value", "patient_id", "versio
 
 
 _BY_VALUES = select(records).where(records.c.source_value.in_(bindparam("values", expanding=True)))
+_IDS_BY_VALUES = (
+    select(records.c.id, records.c.kind, records.c.source_system, records.c.source_value)
+    .where(records.c.source_value.in_(bindparam("values", expanding=True)))
+)
 
 
 class RecordRepository:
@@ -181,15 +185,20 @@ class RecordRepository:
     def by_sources(self, keys: Collection[SourceKey]) -> dict[SourceKey, RecordRow]:
         """Current rows for many (kind, system, value) keys: looked up by value (the unique index leads
         with it; a row-value IN makes SQLite scan the table), then matched on all three."""
+        return {key: RecordRow(**r._mapping) for key, r in self._by_sources(_BY_VALUES, keys)}
+
+    def ids_by_sources(self, keys: Collection[SourceKey]) -> dict[SourceKey, str]:
+        """Like `by_sources`, the record ids only (nothing to decode: routing needs no data)."""
+        return {key: r.id for key, r in self._by_sources(_IDS_BY_VALUES, keys)}
+
+    def _by_sources(self, query: Any, keys: Collection[SourceKey]) -> Iterator[tuple[SourceKey, Any]]:
         wanted = set(keys)
         values = list({value for _, _, value in wanted})
-        found: dict[SourceKey, RecordRow] = {}
         for start in range(0, len(values), 500):
-            for r in self.conn.execute(_BY_VALUES, {"values": values[start : start + 500]}):
+            for r in self.conn.execute(query, {"values": values[start : start + 500]}):
                 key = (r.kind, r.source_system, r.source_value)
                 if key in wanted:
-                    found[key] = RecordRow(**r._mapping)
-        return found
+                    yield key, r
 
     def get(self, record_id: str, kind: str | None = None) -> RecordRow | None:
         query = select(records).where(records.c.id == record_id)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from functools import partial
 
+from sqlalchemy import select
+
 from adapters.inbound.hl7v2.reader import read_frame, read_message
+from hub.messages import InboundMessage
 from hub.pipeline import process_pending, store_batch
 from hub.store.engine import make_engine
 from hub.store.migrate import upgrade
+from hub.store.tables import records
 from hub.store.uow import UnitOfWork
-from tests.conftest import adt
+from tests.conftest import adt, unique
 
 
 def test_processing_slices_are_sized_by_events_and_keep_acceptance_order(database_url: str) -> None:
@@ -23,3 +27,24 @@ def test_processing_slices_are_sized_by_events_and_keep_acceptance_order(databas
     assert process_pending(uow, readers, limit=10, max_events=2) == ids[3]
     assert process_pending(uow, readers, limit=10) == ids[4]
     assert process_pending(uow, readers, limit=10) is None
+
+
+def test_processing_maps_what_the_door_decoded_without_reading_the_bytes_again(database_url: str) -> None:
+    engine = make_engine(database_url)
+    upgrade(engine)
+    uow = partial(UnitOfWork, engine)
+    mrn = unique("M")
+    door = read_frame(adt(mrn=mrn), "mllp", with_content=False).inbound
+    assert door.events == [] and door.content is not None  # judged on the ACK path, not mapped
+    (outcome,) = store_batch(uow, [door])
+
+    def must_not_read(raw: bytes, feed: str) -> InboundMessage:
+        raise AssertionError("the stored bytes were decoded again")
+
+    assert process_pending(uow, {"hl7v2": must_not_read}, read={outcome.message_id: door}) == outcome.message_id
+    with engine.connect() as conn:  # mapped from the door's decoding
+        assert conn.execute(select(records.c.kind).where(records.c.source_value == mrn)).scalars().all() == ["patient"]
+
+    again = read_frame(adt(), "mllp", with_content=False).inbound  # not handed over: read from the bytes
+    (second,) = store_batch(uow, [again])
+    assert process_pending(uow, {"hl7v2": read_message}) == second.message_id

@@ -69,6 +69,8 @@ def _read_frame(raw: bytes, feed: str, *, with_content: bool) -> Hl7Frame:
         return Hl7Frame(message, inbound)
     if with_content:
         inbound.events = [to_event(message)]
+    else:
+        inbound.content = lambda: [to_event(message)]
     return Hl7Frame(message, inbound)
 
 
