@@ -418,6 +418,7 @@ def hub_server(workdir: Path, database_url: str | None, ready_timeout_s: float) 
     http_port, mllp_port = free_ports(2)
     settings = {
         "HUB_DATA_DIR": str(data_dir),
+        "HUB_ROUTES": str(data_dir / "no-routes.yaml"),  # the inbound side alone (delivery_throughput.py routes)
         "HUB_HTTP_HOST": LOOPBACK, "HUB_HTTP_PORT": str(http_port),
         "HUB_MLLP_HOST": LOOPBACK, "HUB_MLLP_PORT": str(mllp_port),
     }
