@@ -36,7 +36,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ from hub.store.tables import records
 from hub.store.uow import RecordChanges, RecordRow, UnitOfWork
 
 CHUNK = 20_000
-SYLLABLES = "bar ton wick ley ford mar shaw dell vane rig holt brook mere stead wyn ash quill fen rowe cot".split()
+SYLLABLES = ["bar", "ton", "wick", "ley", "ford", "mar", "shaw", "dell", "vane", "rig", "holt", "brook", "mere", "stead", "wyn", "ash", "quill", "fen", "rowe", "cot"]
 
 
 # --- the population (online set-up) ------------------------------------------------------------
@@ -105,7 +105,7 @@ def load_population(url: str, n: int, seed: int) -> float:
     engine = make_engine(url)
     upgrade(engine)
     started = time.perf_counter()
-    at = datetime.now(timezone.utc)
+    at = datetime.now(UTC)
     batch: list[dict[str, Any]] = []
 
     def flush() -> None:
@@ -159,7 +159,7 @@ def online(url: str, incoming: int, seed: int) -> dict[str, Any]:
     match, whole, alone = [], [], []
     bands: dict[str, int] = {}
     for rec in arrivals:
-        at = datetime.now(timezone.utc)
+        at = datetime.now(UTC)
         data = rec.patient.model_dump(mode="json", exclude_none=True)
         row = _row(data, f"urn:hub:{rec.feed.lower()}", str(rec.record_id), rec.feed.lower(), at)
         began = time.perf_counter()
@@ -276,7 +276,10 @@ def main() -> None:
             for db in (["sqlite", "postgres"] if args.db == "both" else [args.db]):
                 pg = None
                 if db == "postgres":
-                    from tests.conftest import create_postgres_database, drop_postgres_database
+                    from tests.conftest import (
+                        create_postgres_database,
+                        drop_postgres_database,
+                    )
 
                     pg = create_postgres_database()
                 try:
@@ -315,10 +318,10 @@ def _markdown(args: argparse.Namespace, rows: list[str]) -> str:
         "",
         f"### mpi_scale run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
-        f"- machine: nproc {os.cpu_count()}, Python {platform.python_version()}, {platform.system()} "
-        f"{platform.machine()}, load average {os.getloadavg()[0]:.1f} at the end (machine shared with other work)",
-        f"- command: `python -m bench.mpi_scale --persons {args.persons} --incoming {args.incoming} --rows {args.rows} "
-        f"--db {args.db}{' --skip-online' if args.skip_online else ''}{' --skip-bulk' if args.skip_bulk else ''}`",
+        (f"- machine: nproc {os.cpu_count()}, Python {platform.python_version()}, {platform.system()} "
+         f"{platform.machine()}, load average {os.getloadavg()[0]:.1f} at the end (machine shared with other work)"),
+        (f"- command: `python -m bench.mpi_scale --persons {args.persons} --incoming {args.incoming} --rows {args.rows} "
+         f"--db {args.db}{' --skip-online' if args.skip_online else ''}{' --skip-bulk' if args.skip_bulk else ''}`"),
         "",
         "| what | size | measured | baseline (same run) |",
         "|---|---|---|---|",

@@ -32,6 +32,8 @@ class Permission(StrEnum):
     """See review tasks and explanations (record and person ids, scores; no patient values)."""
     MPI_STEWARD = "mpi.steward"
     """Change links: link, unlink, merge persons, not-a-match."""
+    ROUTES_RELOAD = "routes.reload"
+    """Load the routes file again in the running hub (what goes where changes at once)."""
 
 
 def requires(permission: Permission) -> Callable[[Request], Awaitable[None]]:

@@ -27,6 +27,13 @@ from hub.delivery.embedded import EmbeddedDelivery
 from hub.delivery.engine import DeliveryEngine, TransportFactory
 from hub.delivery.outbox import Planner, Routing, RoutingUnitOfWork
 from hub.intake import Intake
+from hub.mpi.service import use_model_file
+from hub.routing.reload import (
+    default_pid_file,
+    reload_routes,
+    remove_pid_file,
+    write_pid_file,
+)
 from hub.settings import Settings
 from hub.store.engine import make_engine
 from hub.store.migrate import is_current, upgrade
@@ -87,6 +94,21 @@ def _stop_on_signals(server: uvicorn.Server) -> None:
         loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
 
 
+def _reload_on_sighup(hub: Hub) -> None:
+    """SIGHUP: load the routes file again (off the event loop; a bad file keeps the current routes)."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # embedded (tests): POST /api/routes/reload does the same
+
+    def reload() -> None:
+        try:
+            reload_routes(hub)
+        except Exception as exc:  # noqa: BLE001 — never let a reload take the server down
+            log.error("reloading the routes failed (%s); the current routes stay", type(exc).__name__)
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, reload))
+
+
 def load_route_table(settings: Settings) -> Any:
     """The routes file (`HUB_ROUTES`) as a RouteTable, or None when there is no such file (no routes:
     processing writes no outbox rows). A file with errors stops the start (RoutesError, file:line)."""
@@ -104,10 +126,11 @@ def build(
     """`planner`/`routes`/`transports` replace the routes file and the real transports (tests)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.database)
+    use_model_file(settings.mpi_model)  # HUB_MPI_MODEL: the model the master patient index matches with
     # A stored CSV chunk is re-read with the mapping of its feed; one whose mapping cannot be found is marked failed.
     readers = {"hl7v2": read_message, "csv": read_chunk, "fhir": read_request}
     routes = routes if routes is not None or planner is not None else load_route_table(settings)
-    routing = Routing(planner=planner or (routes.plan if routes is not None else None))
+    routing = Routing(planner=planner or (routes.plan if routes is not None else None), table=routes)
     intake = Intake(partial(RoutingUnitOfWork, engine, routing), readers=readers)
     mode = AckMode(settings.mllp_ack_mode)
     hub = Hub(
@@ -164,12 +187,16 @@ async def serve(hub: Hub, started: asyncio.Event | None = None) -> None:
     )
     server = hub.http_server = _Server(config)
     _stop_on_signals(server)
+    _reload_on_sighup(hub)
+    pid_file = settings.pid_file or default_pid_file(settings.data_dir)
+    write_pid_file(pid_file)
     log.info("MLLP on %s:%d, HTTP on %s:%d", settings.mllp_host, hub.mllp.port, settings.http_host, settings.http_port)
     if started is not None:
         started.set()
     try:
         await server.serve()
     finally:
+        remove_pid_file(pid_file)
         await hub.mllp.stop()
         await hub.intake.stop()
         if hub.delivery is not None:

@@ -33,6 +33,7 @@ def main() -> None:
 @click.option("--mllp-idle-timeout", type=float, help="HUB_MLLP_IDLE_TIMEOUT (seconds)")
 @click.option("--redis-url", help="HUB_REDIS_URL")
 @click.option("--routes", type=click.Path(path_type=Path), help="HUB_ROUTES")
+@click.option("--pid-file", type=click.Path(dir_okay=False, path_type=Path), help="HUB_PID_FILE (default <data dir>/hub.pid)")
 def serve(**options: object) -> None:
     """Run the HTTP API and the MLLP listener (applies database migrations first)."""
     from hub.bootstrap import build, serve as run
@@ -169,3 +170,7 @@ from hub.cli_delivery import replay, worker  # noqa: E402 — `hub worker`, `hub
 
 main.add_command(worker)
 main.add_command(replay)
+
+from hub.cli_routes import routes_reload  # noqa: E402 — `hub routes reload` (SIGHUP to the server)
+
+routes.add_command(routes_reload)

@@ -52,7 +52,7 @@ def replay(message_id: int | None, outbox_id: int | None, destination: str | Non
         raise click.UsageError("give exactly one of --message ID or --outbox ID")
     from hub.bootstrap import build
     from hub.delivery.outbox import RoutingUnitOfWork
-    from hub.delivery.replay import ReplayError, resend
+    from hub.delivery.replay import ReplayError, rebuilder, resend
     from hub.delivery.replay import replay as run_replay
     from hub.settings import Settings
     from hub.store.migrate import upgrade
@@ -70,7 +70,7 @@ def replay(message_id: int | None, outbox_id: int | None, destination: str | Non
                     click.echo(f"would send outbox/{row.id} ({row.summary}) to {destination or row.destination}:")
                     click.echo(_printable(row.payload))
                     return
-                row = resend(uow, outbox_id, hub.destinations(), destination)
+                row = resend(uow, outbox_id, hub.destinations(), destination, rebuilder(hub.readers, hub.routing.planner))
                 uow.commit()
                 click.echo(f"outbox/{row.id} queued for {row.destination} ({row.summary})")
                 return

@@ -98,6 +98,7 @@ def rematch(batch_size: int, state_path: Path | None, restart: bool, model_path:
     from hub.mpi.steward import _claim
     from hub.store.uow import UnitOfWork, utcnow
 
+    model_path = model_path or Settings().mpi_model
     if model_path:
         use_model(load_model(model_path))
     state_path = state_path or Settings().data_dir / "mpi-rematch.state"
@@ -138,9 +139,9 @@ def rematch(batch_size: int, state_path: Path | None, restart: bool, model_path:
 def train(out: Path | None, sample: int, seed: int, database_url: str | None) -> None:
     """Estimate m and u by EM on the stored patient records and write a new versioned model file.
     The shipped model is not replaced: point HUB_MPI_MODEL at the new file, then `hub mpi rematch`."""
-    from hub.model import Patient
     from hub.mpi.blocking import blocking_keys
-    from hub.mpi.compare import features
+    from hub.mpi.compare import features_of_data
+    from hub.mpi.model import TermFrequencies
     from hub.mpi.service import current_model
     from hub.mpi.train import train as train_model
     from hub.store.uow import UnitOfWork
@@ -156,7 +157,7 @@ def train(out: Path | None, sample: int, seed: int, database_url: str | None) ->
             after = ids[-1]
             for row in uow.records.get_many(ids).values():
                 seen += 1
-                f = features(Patient.model_validate(row.data))
+                f = features_of_data(row.data)
                 if len(records) < sample:
                     records.append(f)
                 elif (j := rng.randrange(seen)) < sample:  # reservoir sampling: memory stays bounded
@@ -169,6 +170,8 @@ def train(out: Path | None, sample: int, seed: int, database_url: str | None) ->
             groups.setdefault(key, []).append(n)
     pairs = [(m[i], m[j]) for m in groups.values() if len(m) <= 50 for i in range(len(m)) for j in range(i + 1, len(m))]
     model = train_model(records, current_model(), pairs, seed=seed, trained_on=f"hub mpi train: {len(records)} stored records")
+    # term frequencies of the stored names: sharing a surname half the records carry is worth less than a rare one
+    model.term_frequencies = TermFrequencies.from_features(records, model.tf_fields, min_count=2)
     out = out or Settings().data_dir / f"mpi-model-{model.version}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(out)

@@ -59,15 +59,16 @@ ContextFactory = Callable[[], WorkerContext]
 def context_from_settings() -> WorkerContext:
     """The default: `HUB_DATABASE_URL` and the routes file `HUB_ROUTES`."""
     from adapters.transport.delivery import make_transport
-    from hub.bootstrap import load_route_table
+    from hub.routing.reload import FollowedDestinations
     from hub.settings import Settings
     from hub.store.engine import make_engine
 
     settings = Settings()
     engine = make_engine(settings.database)
-    table = load_route_table(settings)
-    destinations = dict(table.destinations) if table is not None else {}
-    return WorkerContext(partial(UnitOfWork, engine), lambda: destinations, make_transport)
+    if not settings.routes.exists():
+        return WorkerContext(partial(UnitOfWork, engine), dict, make_transport)
+    # Followed: when `hub routes reload` gives the hub new destinations, the workers see them too.
+    return WorkerContext(partial(UnitOfWork, engine), FollowedDestinations(settings.routes), make_transport)
 
 
 class _State:

@@ -112,6 +112,12 @@ class Outbound:
     payload: bytes
     summary: str
     """What it is, for listings and logs: e.g. `ADT^A01`, `Bundle(transaction)` — never patient data."""
+    error: str | None = None
+    """Set when the message could not be built (a profile failed on the event): the row is written
+    dead (`last_code` build-error) with this text — the exception class and the route and destination
+    names, never data — so processing still commits and a resend after a fix rebuilds it."""
+    blocking: bool = False
+    """With `error`: the destination's `on_poison: block` holds the patient's later messages back."""
 
 
 @dataclass(frozen=True, slots=True)

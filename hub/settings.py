@@ -26,10 +26,15 @@ class Settings(BaseSettings):
     redis_namespace: str = "hub"
     """Prefix of the delivery queue's Redis keys (hub serve and hub worker must agree)."""
     routes: Path = Path("mappings/routes.yaml")
+    pid_file: Path | None = None
+    """Where `hub serve` writes its process id (`hub routes reload` signals it); default `<data_dir>/hub.pid`."""
     fhir_write_timeout: float = 30.0
     """How long a FHIR write waits for its processing (another hub process may hold the processing lock)
     before it is answered 503 with Retry-After; the write stays stored and is applied later."""
     log_level: str = "INFO"
+    mpi_model: Path | None = None
+    """HUB_MPI_MODEL: the master patient index's model file (`hub mpi train` writes one); unset: the
+    shipped `mappings/mpi/model.json`."""
 
     @property
     def database(self) -> str:

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException
 
 from hub.api import admin, csv, fhir, health, hl7v2, mpi
 from hub.api import outbox as outbox_api
+from hub.api import routes as routes_api
 from hub.intake import StillProcessing
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ def create_app(hub: Hub) -> FastAPI:
     app.include_router(fhir.router)
     app.include_router(admin.router)
     app.include_router(outbox_api.router)
+    app.include_router(routes_api.router)
     app.include_router(mpi.router)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

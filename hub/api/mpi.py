@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from hub.access import Permission, requires
+from hub.delivery.outbox import RoutingUnitOfWork
 from hub.mpi import steward
 from hub.mpi.service import MpiError
 from hub.store.uow import UnitOfWork
@@ -64,10 +65,10 @@ def _actor(request: Request) -> str:
 
 async def _run(request: Request, action: Any, *args: Any, commit: bool = True) -> JSONResponse:
     """Run a steward function in a unit of work on the thread pool; MpiError → its status."""
-    engine = request.app.state.hub.engine
+    hub = request.app.state.hub
 
     def work() -> Any:
-        with UnitOfWork(engine) as uow:
+        with RoutingUnitOfWork(hub.engine, hub.routing) as uow:  # link-change notices go to the outbox
             result = action(uow, *args)
             if commit:
                 uow.commit()

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from hub.access import Permission, requires
 from hub.delivery.outbox import RoutingUnitOfWork
-from hub.delivery.replay import ReplayError, replay, resend
+from hub.delivery.replay import ReplayError, rebuilder, replay, resend
 from hub.store.outbox import STATES
 
 router = APIRouter(prefix="/api", dependencies=[Depends(requires(Permission.ADMIN))])
@@ -70,7 +70,8 @@ def resend_outbox(request: Request, outbox_id: int, body: ResendBody | None = No
     hub = request.app.state.hub
     try:
         with _uow(request) as uow:
-            row = resend(uow, outbox_id, hub.destinations(), (body or ResendBody()).destination)
+            row = resend(uow, outbox_id, hub.destinations(), (body or ResendBody()).destination,
+                         rebuilder(hub.readers, hub.routing.planner))
             uow.commit()
     except ReplayError as exc:
         raise HTTPException(exc.status, exc.text) from None

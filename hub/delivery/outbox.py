@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -35,6 +36,9 @@ class Routing:
 
     planner: Planner | None = None
     notify: Notify | None = None
+    table: Any = None
+    """The route table behind `planner` when it is one (`hub.routing.RouteTable`): MPI link-change
+    notices read its destinations. Swapped with the planner on reload."""
 
 
 class RoutingUnitOfWork(UnitOfWork):

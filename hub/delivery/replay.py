@@ -16,10 +16,10 @@ import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
-from hub.delivery.outbox import Planner, routed_events
+from hub.delivery.outbox import UNROUTED, Planner, plan_event, routed_events
 from hub.messages import InboundMessage, Status
 from hub.outbound import Destination, Outbound
-from hub.store.outbox import OutboxRow
+from hub.store.outbox import BUILD_ERROR, OutboxRow
 from hub.store.uow import UnitOfWork, utcnow
 
 Reader = Callable[..., InboundMessage]
@@ -71,12 +71,18 @@ def _lines(payload: bytes) -> list[str]:
 
 
 def resend(
-    uow: UnitOfWork, outbox_id: int, destinations: Mapping[str, Destination], to: str | None = None
+    uow: UnitOfWork, outbox_id: int, destinations: Mapping[str, Destination], to: str | None = None,
+    rebuild: Rebuild | None = None,
 ) -> OutboxRow:
-    """Queue a stored outbound row again (see the module doc); returns the row that will be sent."""
+    """Queue a stored outbound row again (see the module doc); returns the row that will be sent.
+
+    A row that was never built (`build-error`: its profile failed) is built again from its stored
+    message by `rebuild` (the current routes, after the fix) and queued in its place."""
     row = uow.outbox.get(outbox_id)
     if row is None:
         raise ReplayError(404, "no such outbox row")
+    if row.last_code == BUILD_ERROR and row.state in ("dead", "skipped"):
+        return _rebuild(uow, row, to, rebuild)
     target = to or row.destination
     if to is not None and to not in destinations:
         raise ReplayError(400, f"unknown destination {to!r}")
@@ -94,6 +100,39 @@ def resend(
     copy = uow.outbox.get(uow.outbox.add_one(row.message_id, row.event_index, outbound, now, resent_from=row.id))
     assert copy is not None
     return copy
+
+
+Rebuild = Callable[[UnitOfWork, OutboxRow], Outbound]
+"""Builds a never-built row's message again from its stored inbound message (raises ReplayError)."""
+
+
+def rebuilder(readers: Mapping[str, Reader], planner: Planner | None) -> Rebuild:
+    """`resend`'s `rebuild` with the current routes: the row's event, planned again for its destination."""
+
+    def rebuild(uow: UnitOfWork, row: OutboxRow) -> Outbound:
+        if row.message_id is None:
+            raise ReplayError(409, "the row has no stored message to build it from")
+        planned = replay(uow, readers, planner, row.message_id, row.destination, dry_run=True)
+        found = [p.outbound for p in planned if p.event_index == row.event_index]
+        if not found:
+            raise ReplayError(409, "the current routes send nothing for this row's event to its destination")
+        return found[0]
+
+    return rebuild
+
+
+def _rebuild(uow: UnitOfWork, row: OutboxRow, to: str | None, rebuild: Rebuild | None) -> OutboxRow:
+    if to is not None and to != row.destination:
+        raise ReplayError(409, "the row was never built: resend it to its own destination, or replay its message")
+    if rebuild is None or row.destination == UNROUTED:
+        raise ReplayError(409, "the row was never built: replay its message")
+    outbound = rebuild(uow, row)
+    if outbound.error:
+        raise ReplayError(409, f"the message still cannot be built ({outbound.error})")
+    uow.outbox.rebuilt(row.id, outbound, utcnow())
+    found = uow.outbox.get(row.id)
+    assert found is not None
+    return found
 
 
 def replay(
@@ -117,7 +156,7 @@ def replay(
     sent = uow.outbox.for_message(message_id)
     planned: list[Planned] = []
     for event in routed_events(uow, [(message_id, inbound)]):
-        for outbound in planner(event):
+        for outbound in plan_event(planner, event):
             if to is not None and outbound.destination != to:
                 continue
             previous = [r for r in sent if r.event_index == event.event_index and r.destination == outbound.destination]

@@ -9,7 +9,6 @@ among a million. Placeholders were already dropped by `features`, so they never 
 
 from __future__ import annotations
 
-
 from hub.model import Patient
 from hub.mpi.compare import Features, features, nysiis
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from hub.mpi.compare import Features
 from hub.mpi.model import Explanation, Model, TermFrequencies
@@ -36,19 +37,20 @@ def decide(
     # the same best pair per person (the first of equal weights) and the same order as explaining
     # every pair, at a fraction of the cost. Below the review threshold a pair's band is "new"
     # whatever its guards, so only the overall best of those is explained.
-    ranked: list[tuple[float, str, Features]] = []
+    ranked: list[tuple[float, str, Features, Any]] = []
     for person_id, records in candidates.items():
         if not records:
             continue
-        weights = [model.weight(record, other, tf) for other in records]
-        top = max(weights)
-        ranked.append((top, person_id, records[weights.index(top)]))
+        scored = [model.compared(record, other, tf) for other in records]
+        weights = [w for w, _ in scored]
+        at = weights.index(max(weights))
+        ranked.append((weights[at], person_id, records[at], scored[at][1]))
     ranked.sort(key=lambda wpf: -wpf[0])
     best: list[tuple[str, Explanation]] = []
-    for weight, person_id, other in ranked:
+    for weight, person_id, other, comparison in ranked:
         if weight < model.review_weight and best:
             break
-        best.append((person_id, model.score_features(record, other, tf)))
+        best.append((person_id, model.score_features(record, other, tf, comparison)))
     plausible = [(p, e) for p, e in best if e.band != "new"]
     if not plausible:
         return Decision(

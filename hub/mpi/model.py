@@ -81,7 +81,11 @@ class TermFrequencies:
     floor: float = 1e-5
 
     @classmethod
-    def from_features(cls, records: list[Features], fields: tuple[str, ...] = ("family", "given")) -> TermFrequencies:
+    def from_features(
+        cls, records: list[Features], fields: tuple[str, ...] = ("family", "given"), min_count: int = 1,
+    ) -> TermFrequencies:
+        """`min_count` > 1 leaves out values seen fewer times (they get `floor`, i.e. count as rare):
+        a model file then carries the common names only, not every surname of a million records."""
         tables: dict[str, dict[str, float]] = {}
         for name in fields:
             counts: dict[str, int] = {}
@@ -91,7 +95,7 @@ class TermFrequencies:
                 if value:
                     counts[value] = counts.get(value, 0) + 1
                     total += 1
-            tables[name] = {v: c / total for v, c in counts.items()} if total else {}
+            tables[name] = {v: c / total for v, c in counts.items() if c >= min_count} if total else {}
         return cls(tables, floor=1.0 / max(len(records), 1))
 
     def get(self, field_name: str, value: str) -> float | None:
@@ -225,12 +229,22 @@ class Model:
     def weight(self, a: Features, b: Features, tf: TermFrequencies | None = None) -> float:
         """The pair's match weight alone (no explanation, no guards): what `score_features` would give
         as `.weight`. The online decision ranks a person's records by it and explains only the best."""
-        levels, names_swapped = compare_pair(a, b)
-        return self._total(a, levels, names_swapped, tf or self.term_frequencies, None)
+        return self.compared(a, b, tf)[0]
 
-    def score_features(self, a: Features, b: Features, tf: TermFrequencies | None = None) -> Explanation:
+    def compared(
+        self, a: Features, b: Features, tf: TermFrequencies | None = None,
+    ) -> tuple[float, tuple[dict[str, str], bool]]:
+        """(weight, the comparison behind it): `score_features(a, b, tf, comparison)` explains it without
+        comparing the pair again."""
+        comparison = compare_pair(a, b)
+        return self._total(a, comparison[0], comparison[1], tf or self.term_frequencies, None), comparison
+
+    def score_features(
+        self, a: Features, b: Features, tf: TermFrequencies | None = None,
+        comparison: tuple[dict[str, str], bool] | None = None,
+    ) -> Explanation:
         tf = tf or self.term_frequencies
-        levels, names_swapped = compare_pair(a, b)
+        levels, names_swapped = comparison or compare_pair(a, b)
         scores: list[FieldScore] = []
         total = self._total(a, levels, names_swapped, tf, scores)
         guards = hard_negative_guards(a, b, levels)

@@ -14,7 +14,6 @@ automatic matching, and a pair declared "not a match" is never put together agai
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from collections.abc import Collection, Iterable, Sequence
@@ -43,11 +42,14 @@ MAX_KEY_RECORDS = 1000
 other keys still find its candidates). Keeps a batch's candidate look-up bounded whatever the data."""
 MAX_PER_PERSON = 10
 """A person's records compared with an incoming one: its best pair is nearly always among the first few."""
-MAX_SCORED = 100
+MAX_SCORED = 30
 """Candidate records scored for one incoming record. Blocks stay small for most records, but among a
 million persons a common surname and birth year names hundreds: those sharing the most keys with the
 incoming record (then the rarest keys) are scored, the rest — found by one common key alone — are
-not. Below this many candidates every one is scored, so decisions on small data are unchanged."""
+not. Below this many candidates every one is scored, so decisions on small data are unchanged.
+Measured (bench/mpi_link_cost.py, 20,000 synthetic persons, 47,898 records, where common-surname blocks
+hold ~90 records): no cut 25,085 persons, pairwise precision 0.9920 / recall 0.7978; cut at 30:
+25,084 persons, 0.9933 / 0.7982 — the records left unscored were not the ones that mattered."""
 
 _model: Model | None = None
 _frequent_keys: dict[str, set[str]] = {}
@@ -66,10 +68,7 @@ class MpiError(Exception):
 
 
 def current_model() -> Model:
-    """The model online matching uses: `use_model`'s, else the file HUB_MPI_MODEL names, else the shipped one."""
-    global _model
-    if _model is None and os.environ.get("HUB_MPI_MODEL"):
-        _model = load_model(Path(os.environ["HUB_MPI_MODEL"]))
+    """The model online matching uses: `use_model`'s (start-up: Settings.mpi_model), else the shipped one."""
     return _model or load_model()
 
 
@@ -77,6 +76,12 @@ def use_model(model: Model | None) -> None:
     """Replace the model used online (tests, `hub mpi rematch --model`); None: the shipped default."""
     global _model
     _model = model
+
+
+def use_model_file(path: Path | None) -> None:
+    """At start-up (`hub.bootstrap.build`): the model file the settings name (HUB_MPI_MODEL), else the
+    shipped one. A file that cannot be read stops the start, rather than matching with another model."""
+    use_model(load_model(path) if path else None)
 
 
 def _load_features(uow: UnitOfWork, wanted: Collection[tuple[str, int]]) -> dict[str, Features]:
@@ -159,20 +164,43 @@ def match_candidates(uow: UnitOfWork, patient: Patient, limit: int = 10) -> list
     blocking and scoring exactly as processing would decide, without linking anything (FHIR `$match`)."""
     model = current_model()
     f = features(patient)
-    wanted = set(blocking_keys(f))
-    frequent = {k for k, n in uow.mpi.key_counts(wanted).items() if n >= MAX_KEY_RECORDS}
-    candidates = uow.mpi.candidates(wanted - frequent)
-    stored = _load_features(uow, {(c.record_id, c.version) for cs in candidates.values() for c in cs})
+    keys = blocking_keys(f)
+    frequent = {k for k, n in uow.mpi.key_counts(keys).items() if n >= MAX_KEY_RECORDS}
+    kept = stored_candidates(None, keys, uow.mpi.candidates(set(keys) - frequent), frequent)
+    stored = _load_features(uow, {(c.record_id, c.version) for c in kept})
     best: dict[str, Explanation] = {}
-    for cs in candidates.values():
-        for c in cs:
-            other = stored.get(c.record_id)
-            if other is None:
-                continue
-            e = model.score_features(f, other)
-            if c.person_id not in best or e.weight > best[c.person_id].weight:
-                best[c.person_id] = e
+    for c in kept:
+        other = stored.get(c.record_id)
+        if other is None:
+            continue
+        e = model.score_features(f, other)
+        if c.person_id not in best or e.weight > best[c.person_id].weight:
+            best[c.person_id] = e
     return sorted(best.items(), key=lambda pe: -pe[1].weight)[:limit]
+
+
+def stored_candidates(
+    record_id: str | None, keys: Sequence[str], candidates: dict[str, list[Candidate]], frequent: Collection[str],
+) -> list[Candidate]:
+    """The stored records sharing a key with this one, in first-seen order. Past MAX_SCORED, only
+    the MAX_SCORED sharing the most keys (ties: found in the smaller block) are kept — the others
+    were found by one common key alone (a surname and birth year among a million persons)."""
+    found: dict[str, Candidate] = {}
+    shared: dict[str, int] = {}
+    rarest: dict[str, int] = {}
+    for key in keys:
+        if key in frequent:
+            continue
+        block = candidates.get(key, ())
+        for c in block:
+            if c.record_id in shared:
+                shared[c.record_id] += 1
+            elif c.record_id != record_id:
+                found[c.record_id], shared[c.record_id], rarest[c.record_id] = c, 1, len(block)
+    if len(found) <= MAX_SCORED:
+        return list(found.values())
+    keep = set(sorted(found, key=lambda r: (-shared[r], rarest[r]))[:MAX_SCORED])
+    return [c for r, c in found.items() if r in keep]
 
 
 # --- one batch ----------------------------------------------------------------------------------
@@ -298,25 +326,7 @@ class _Batch:
             self._review(record_id, decision)
 
     def _stored_candidates(self, record_id: str, keys: Sequence[str]) -> list[Candidate]:
-        """The stored records sharing a key with this one, in first-seen order. Past MAX_SCORED, only
-        the MAX_SCORED sharing the most keys (ties: found in the smaller block) are kept — the others
-        were found by one common key alone (a surname and birth year among a million persons)."""
-        found: dict[str, Candidate] = {}
-        shared: dict[str, int] = {}
-        rarest: dict[str, int] = {}
-        for key in keys:
-            if key in self.frequent:
-                continue
-            block = self.candidates.get(key, ())
-            for c in block:
-                if c.record_id in shared:
-                    shared[c.record_id] += 1
-                elif c.record_id != record_id:
-                    found[c.record_id], shared[c.record_id], rarest[c.record_id] = c, 1, len(block)
-        if len(found) <= MAX_SCORED:
-            return list(found.values())
-        keep = set(sorted(found, key=lambda r: (-shared[r], rarest[r]))[:MAX_SCORED])
-        return [c for r, c in found.items() if r in keep]
+        return stored_candidates(record_id, keys, self.candidates, self.frequent)
 
     def _candidate_groups(self, record_id: str, item: _Row) -> dict[str, list[Features]]:
         """Candidate person → features of its records sharing a key (the stored ones `_stored_candidates`

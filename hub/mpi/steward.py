@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
+from hub.delivery.link_changes import notify_link_change
 from hub.model import Patient
 from hub.mpi.model import Explanation
 from hub.mpi.service import MpiError, _Batch, current_model, link_patients
@@ -89,7 +90,7 @@ def unlink(uow: UnitOfWork, record: str, actor: str, at: datetime | None = None)
                          "from_person": current, "model_version": current_model().version}])
     uow.mpi.resolve_reviews([row.id], actor, at)
     link_patients(uow, [row], at, actor=actor, force=True)
-    return {"record": row.id, "person": _link_of(uow, row.id), "previous_person": current}
+    return notify_link_change(uow, "unlink", {"record": row.id, "person": _link_of(uow, row.id), "previous_person": current})
 
 
 def merge(uow: UnitOfWork, source: str, target: str, actor: str, at: datetime | None = None) -> dict[str, Any]:
@@ -104,7 +105,7 @@ def merge(uow: UnitOfWork, source: str, target: str, actor: str, at: datetime | 
     batch.merge_persons(source, target, pin=True, action="person_merge")
     uow.mpi.resolve_reviews(moved, actor, at)
     _finish(batch)
-    return {"person": target, "merged": source, "records": moved}
+    return notify_link_change(uow, "merge", {"person": target, "merged": source, "records": moved})
 
 
 def not_match(uow: UnitOfWork, record_a: str, record_b: str, actor: str, at: datetime | None = None) -> dict[str, Any]:

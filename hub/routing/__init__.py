@@ -7,9 +7,9 @@ processed event. No I/O here besides reading the routes file.
 
 from hub.routing.conditions import ConditionError
 from hub.routing.loader import RoutesError, RoutesProblem, load_routes, parse_routes
-from hub.routing.table import BuildError, Built, Profile, Route, RouteTable, control_id
+from hub.routing.table import Built, Profile, Route, RouteTable, control_id
 
 __all__ = [
-    "BuildError", "Built", "ConditionError", "Profile", "Route", "RouteTable", "RoutesError", "RoutesProblem",
+    "Built", "ConditionError", "Profile", "Route", "RouteTable", "RoutesError", "RoutesProblem",
     "control_id", "load_routes", "parse_routes",
 ]

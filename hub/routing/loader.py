@@ -155,6 +155,7 @@ class _DestinationSpec(_Spec):
     timeout: float = Field(30.0, gt=0)
     retry: _RetrySpec = Field(default_factory=_RetrySpec)
     ordering: Literal["per_patient", "strict"] = "per_patient"
+    connections: int = Field(4, ge=1, le=256)
     on_poison: Literal["block", "skip"] = "skip"
     options: dict[str, str] = Field(default_factory=dict)
 
@@ -206,8 +207,8 @@ def _destination(marked: _Marked, name: str, raw: Any, profiles: Mapping[str, Pr
         name=name, transport=spec.transport, profile=spec.profile, format=fmt,  # type: ignore[arg-type]
         version=spec.version, host=spec.host, port=spec.port, tls=spec.tls, tls_ca=spec.tls_ca, url=spec.url,
         headers=headers, directory=spec.directory, connect_timeout=spec.connect_timeout, timeout=spec.timeout,
-        retry=RetryPolicy(**spec.retry.model_dump()), ordering=spec.ordering, on_poison=spec.on_poison,
-        options=dict(spec.options),
+        retry=RetryPolicy(**spec.retry.model_dump()), ordering=spec.ordering, connections=spec.connections,
+        on_poison=spec.on_poison, options=dict(spec.options),
     )
     check = profiles[spec.profile].check
     for text in check(destination) if check else []:

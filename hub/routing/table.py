@@ -80,10 +80,6 @@ class Route:
         return all(condition(event) for condition in self.conditions)
 
 
-class BuildError(RuntimeError):
-    """A profile failed on an event. Names the route, destination and error class only (no data)."""
-
-
 @dataclass(slots=True)
 class RouteTable:
     destinations: dict[str, Destination]
@@ -95,7 +91,8 @@ class RouteTable:
         """The outbound messages for one processed event, built now from this event's data.
 
         Routes are tried in file order; a destination fed by several matching routes gets the
-        event once per profile (the first matching route names it)."""
+        event once per profile (the first matching route names it). A profile that fails gives an
+        `Outbound` with `error` (written dead) instead of raising: the other routes still go."""
         planned: list[Outbound] = []
         seen: set[tuple[str, str]] = set()
         for route in self.routes:
@@ -112,19 +109,32 @@ class RouteTable:
                     planned.append(outbound)
         return planned
 
-    def _build(self, event: RoutedEvent, route: Route, destination: Destination, profile: str) -> Outbound | None:
+    def build_notice(self, event: RoutedEvent, destination: str, route: str, key: str) -> Outbound | None:
+        """A message the hub itself originates (an MPI link change, not an inbound message), built by
+        the destination's own profile under a caller-made idempotency key (`key`: ≤ 20 characters,
+        never one `control_id` could give)."""
+        target = self.destinations[destination]
+        return self._build(event, Route(route, (destination,)), target, target.profile, key)
+
+    def _build(
+        self, event: RoutedEvent, route: Route, destination: Destination, profile: str, key: str | None = None
+    ) -> Outbound | None:
         scope = destination.name if profile == destination.profile else f"{destination.name}/{profile}"
-        key = control_id(event.message_id, event.event_index, scope)
+        key = key or control_id(event.message_id, event.event_index, scope)
         builder = self.profiles[profile].formats[destination.format]
+        ordering = destination.name if destination.ordering == "strict" else event.patient_key
         try:
             built = builder(event, destination, key)
-        except Exception as exc:  # noqa: BLE001 — re-raised without the data it may carry
-            raise BuildError(
-                f"profile {profile} failed for route {route.name} → {destination.name}: {type(exc).__name__}"
-            ) from exc
+        except Exception as exc:  # noqa: BLE001 — one route's failure must not undo the processing
+            # Only names and the exception class: its text may quote the data it failed on.
+            error = f"{type(exc).__name__} in profile {profile}, route {route.name} → {destination.name}"
+            return Outbound(
+                destination=destination.name, route=route.name, ordering_key=ordering, idempotency_key=key,
+                content_type="", payload=b"", summary="(not built)", error=error,
+                blocking=destination.on_poison == "block",
+            )
         if built is None:
             return None
-        ordering = destination.name if destination.ordering == "strict" else event.patient_key
         return Outbound(
             destination=destination.name,
             route=route.name,

@@ -323,6 +323,17 @@ class MpiRepository:
         )
         return list(self.conn.execute(query).scalars())
 
+    def known_patient_systems(self, systems: Collection[str]) -> set[str]:
+        """The identifier systems among `systems` that name at least one stored patient record (the
+        identity domains the index knows, for IHE PIXm's "not recognized" answers). One probe each;
+        a known system stops at its first record."""
+        found = set()
+        for system in set(systems):
+            probe = select(records.c.id).where(records.c.kind == "patient", records.c.source_system == system).limit(1)
+            if self.conn.execute(probe).first() is not None:
+                found.add(system)
+        return found
+
     def count_patient_records(self) -> int:
         return int(self.conn.execute(select(func.count()).where(records.c.kind == "patient")).scalar_one())
 

@@ -52,6 +52,8 @@ SCAN_PAGE = 1000
 SCAN_LIMIT = 20_000
 """A claim reads at most this many open rows of a destination looking for claimable heads."""
 STATES = ("pending", "sending", "delivered", "dead", "skipped")
+BUILD_ERROR = "build-error"
+"""`last_code` of a row whose message a profile failed to build (written dead, payload empty)."""
 
 outbox = Table(
     "outbox",
@@ -210,31 +212,49 @@ class OutboxRepository:
         """Destinations this unit of work wrote rows for: who to nudge once it commits."""
 
     def add(self, rows: Sequence[tuple[int | None, int, Outbound]], now: datetime) -> None:
-        """Write outbound messages (message id, event index, outbound) in one statement."""
+        """Write outbound messages (message id, event index, outbound) in one statement. One that could
+        not be built (`error`) is written dead with last_code `build-error`: the dead-letter queue
+        shows it, and a resend after a fix rebuilds it in its place."""
         if not rows:
             return
         insert_many(self.conn, outbox, [
             {
                 "message_id": message_id, "event_index": index, "destination": o.destination, "route": o.route,
                 "ordering_key": o.ordering_key, "idempotency_key": o.idempotency_key,
-                "content_type": o.content_type, "payload": o.payload, "summary": o.summary, "state": "pending",
-                "blocking": False, "attempts": 0, "next_attempt_at": now, "created_at": now,
+                "content_type": o.content_type, "payload": o.payload, "summary": o.summary,
+                "state": "dead" if o.error else "pending", "blocking": bool(o.error) and o.blocking, "attempts": 0,
+                "next_attempt_at": now, "created_at": now,
+                "last_code": BUILD_ERROR if o.error else None, "last_detail": o.error[:500] if o.error else None,
             }
             for message_id, index, o in rows
         ])
-        self.touched.update(o.destination for _, _, o in rows)
+        self.touched.update(o.destination for _, _, o in rows if not o.error)
+
+    def rebuilt(self, outbox_id: int, o: Outbound, now: datetime) -> bool:
+        """A dead or skipped row that was never built, now built (after a fix): pending, in its place."""
+        result = self.conn.execute(
+            update(outbox).where(outbox.c.id == outbox_id, outbox.c.state.in_(("dead", "skipped")))
+            .values(state="pending", blocking=False, attempts=0, next_attempt_at=now, lease_until=None,
+                    content_type=o.content_type, payload=o.payload, summary=o.summary)
+        )
+        if result.rowcount:
+            self.touched.add(o.destination)
+        return bool(result.rowcount)
 
     def add_one(self, message_id: int | None, event_index: int, o: Outbound, now: datetime,
                 resent_from: int | None = None) -> int:
-        """Write one outbound message (resend, replay); its id."""
+        """Write one outbound message (resend, replay); its id. One not built (`error`) is written dead."""
         values = {
             "message_id": message_id, "event_index": event_index, "destination": o.destination, "route": o.route,
             "ordering_key": o.ordering_key, "idempotency_key": o.idempotency_key, "content_type": o.content_type,
-            "payload": o.payload, "summary": o.summary, "state": "pending", "blocking": False, "attempts": 0,
-            "next_attempt_at": now, "created_at": now, "resent_from": resent_from,
+            "payload": o.payload, "summary": o.summary, "state": "dead" if o.error else "pending",
+            "blocking": bool(o.error) and o.blocking, "attempts": 0, "next_attempt_at": now, "created_at": now,
+            "resent_from": resent_from, "last_code": BUILD_ERROR if o.error else None,
+            "last_detail": o.error[:500] if o.error else None,
         }
         new_id = self.conn.execute(insert(outbox).values(values).returning(outbox.c.id)).scalar_one()
-        self.touched.add(o.destination)
+        if not o.error:
+            self.touched.add(o.destination)
         return int(new_id)
 
     def accepted_at(self, message_ids: Collection[int]) -> dict[int, datetime]:

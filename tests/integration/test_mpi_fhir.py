@@ -72,6 +72,11 @@ def test_golden_record_source_links_and_search_by_source_identifier(running_hub:
     status, found = get(running_hub, "Patient", identifier="urn:hub:aa:EHRX|F1")
     Bundle.model_validate(found)
     assert [e["resource"]["id"] for e in found.get("entry", [])] == [f1]  # the source record only, no golden copy
+    assert found["entry"][0]["resource"]["link"] == source["link"]  # a search gives the link a read gives
+
+    status, found = get(running_hub, "Patient", family=p["family"])  # a page of several: each has its link
+    assert status == 200 and sorted(e["resource"]["id"] for e in found["entry"]) == sorted([f1, f2])
+    assert {e["resource"]["link"][0]["other"]["reference"] for e in found["entry"]} == {f"Patient/{person}"}
 
     status, found = get(running_hub, "Patient", identifier=f"{ENTERPRISE}|{person}")
     assert status == 200 and [e["resource"]["id"] for e in found["entry"]] == [person]
@@ -143,6 +148,26 @@ def test_ihe_pix_cross_references(running_hub: RunningHub) -> None:
     assert get(running_hub, "Patient/$ihe-pix")[0] == 400
 
 
+def test_ihe_pix_unknown_domains_answer_as_pixm_says(running_hub: RunningHub) -> None:
+    """ITI-83: an unknown targetSystem is 403 "targetSystem not found"; an unknown source domain 400;
+    a known domain with an unknown identifier 404; a known target domain without an identifier of
+    this patient is an empty answer, not an error."""
+    p = someone()
+    send_over_two_connections(running_hub.mllp_port, [adt_message("U1", authority="EHRX", **p)],
+                              [adt_message("U2", authority="LABX", **p)])
+    person_of(running_hub, "U1", "EHRX")
+    status, outcome = get(running_hub, "Patient/$ihe-pix", sourceIdentifier="urn:hub:aa:EHRX|U1",
+                          targetSystem="urn:oid:2.999.1.404")
+    assert status == 403
+    assert outcome["issue"][0]["code"] == "code-invalid" and outcome["issue"][0]["diagnostics"] == "targetSystem not found"
+    status, outcome = get(running_hub, "Patient/$ihe-pix", sourceIdentifier="urn:oid:2.999.1.405|U1")
+    assert status == 400 and outcome["issue"][0]["diagnostics"] == "sourceIdentifier Assigning Authority not found"
+    assert get(running_hub, "Patient/$ihe-pix", sourceIdentifier="urn:hub:aa:EHRX|U404")[0] == 404
+    status, answer = get(running_hub, "Patient/$ihe-pix", sourceIdentifier="urn:hub:aa:EHRX|U1",
+                         targetSystem=ENTERPRISE)
+    assert status == 200 and [a["name"] for a in answer["parameter"]] == ["targetIdentifier"]
+
+
 def test_a_patient_written_over_fhir_is_matched_like_any_other(running_hub: RunningHub) -> None:
     p = someone()
     send_over_two_connections(running_hub.mllp_port, [adt_message("W1", authority="EHRX", **p)], [])
@@ -172,3 +197,12 @@ def test_patient_link_is_the_index_s_own_a_read_put_back_changes_nothing(running
         put = client.put(f"/fhir/Patient/{created['id']}", json=read, headers={"Content-Type": "application/fhir+json"})
         assert put.status_code == 200 and put.json()["meta"]["versionId"] == read["meta"]["versionId"]
         assert client.get(f"/fhir/Patient/{created['id']}").json()["link"] == read["link"]
+
+
+def test_capability_statement_lists_match_and_ihe_pix(running_hub: RunningHub) -> None:
+    status, capability = get(running_hub, "metadata")
+    assert status == 200
+    [patient] = [r for r in capability["rest"][0]["resource"] if r["type"] == "Patient"]
+    assert {"match", "ihe-pix", "validate"} <= {op["name"] for op in patient["operation"]}
+    [observation] = [r for r in capability["rest"][0]["resource"] if r["type"] == "Observation"]
+    assert {op["name"] for op in observation["operation"]} == {"validate"}

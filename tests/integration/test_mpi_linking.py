@@ -369,6 +369,16 @@ def test_hub_mpi_train_writes_a_new_versioned_model(engine: Engine, database_url
     model = load_model(out)
     assert model.version != load_model().version and model.version in result.stdout
     assert json.loads(out.read_text())["trained_on"]["records"] >= 120
+    # term frequencies from the stored records: a surname many records share counts for less than a rare one
+    tf = model.term_frequencies
+    assert tf is not None and tf.tables["family"] and tf.floor <= 1 / 120
+    common = max(tf.tables["family"], key=tf.tables["family"].__getitem__)
+    assert tf.get("family", common) > tf.get("family", "QZXWUNSEEN")
+    home = {"family": common, "given": "Alma", "dob": "1980-04-02", "postal": "62701"}
+    rare = home | {"family": "Qzxwunseen"}
+    from tests.unit.test_mpi_compare import pt
+
+    assert model.score(pt(**home), pt(**home)).weight < model.score(pt(**rare), pt(**rare)).weight
 
 
 def test_a_late_update_to_a_merged_away_record_keeps_it_inactive(engine: Engine) -> None:

@@ -85,9 +85,17 @@ def ihe_pix(request: Request) -> Response:
     targets = set(request.query_params.getlist("targetSystem"))
     key = ("patient", system, value)
     with UnitOfWork(_engine(request)) as uow:
+        # IHE PIXm ITI-83: a target domain the index does not know is 403 "targetSystem not found", an
+        # unknown source domain 400, an unknown identifier in a known domain 404
+        unknown = sorted(targets - {ENTERPRISE_SYSTEM} - uow.mpi.known_patient_systems(targets - {ENTERPRISE_SYSTEM}))
+        if unknown:
+            return operation_outcome(403, "code-invalid", "targetSystem not found", "targetSystem", xml)
         row = uow.records.by_sources([key]).get(key)
         link = uow.mpi.links([row.id]).get(row.id) if row is not None and not row.deleted else None
         if link is None:
+            if row is None and not uow.mpi.known_patient_systems([system]):
+                return operation_outcome(400, "code-invalid", "sourceIdentifier Assigning Authority not found",
+                                         "sourceIdentifier", xml)
             return operation_outcome(404, "not-found", "sourceIdentifier Patient Identifier not found", "sourceIdentifier", xml)
         members = uow.mpi.members([link.person_id])[link.person_id]
     found = [(ENTERPRISE_SYSTEM, link.person_id, None)] + [
@@ -180,24 +188,40 @@ def read_patient(resource_id: str, request: Request) -> Response:
         return routes.read("Patient", resource_id, request)  # 404 / 410 exactly as any other read
     resource = row_resource(row)
     with UnitOfWork(_engine(request)) as uow:
-        link = uow.mpi.links([row.id]).get(row.id)
-    if link is not None:
+        add_links(uow, [resource])
+    headers = {"ETag": f'W/"{row.version}"', "Last-Modified": http_date(row.updated_at)}
+    return fhir_response(resource, 200, headers, wants_xml(request))
+
+
+def add_links(uow: UnitOfWork, resources: list[dict[str, Any]]) -> None:
+    """Give source Patient resources their `link` to their person (`refer`), or for a record merged
+    away by an A40 to the surviving record (`replaced-by`): one query for all of them (a search page)."""
+    found = uow.mpi.links([r["id"] for r in resources if r.get("id")])
+    for resource in resources:
+        link = found.get(resource.get("id", ""))
+        if link is None:
+            continue
         if link.replaced_by:
             extra = {"other": {"reference": f"Patient/{link.replaced_by}"}, "type": "replaced-by"}
         else:
             extra = {"other": {"reference": f"Patient/{link.person_id}"}, "type": "refer"}
         resource["link"] = [*[k for k in resource.get("link", []) if k != extra], extra]
-    headers = {"ETag": f'W/"{row.version}"', "Last-Modified": http_date(row.updated_at)}
-    return fhir_response(resource, 200, headers, wants_xml(request))
 
 
 @router.get("/Patient", dependencies=READ)
 def search_patient(request: Request) -> Response:
-    """`identifier=urn:hub:enterprise-id|<id>` finds golden records; any other search is the generic one."""
+    """`identifier=urn:hub:enterprise-id|<id>` finds golden records; any other search is the generic one,
+    its Patient entries given their `link` as a read gives it."""
     identifiers = request.query_params.getlist("identifier")
     enterprise = [i.split("|", 1)[1] for i in identifiers if i.startswith(ENTERPRISE_SYSTEM + "|")]
     if not enterprise:
-        return routes.search_type("Patient", request)
+        pairs = list(request.query_params.multi_items())
+        status, body = routes._search_bundle(request, "Patient", pairs, routes._strict(request), str(request.url))
+        patients = [e["resource"] for e in body.get("entry", []) if e.get("resource", {}).get("resourceType") == "Patient"]
+        if status == 200 and patients:
+            with UnitOfWork(_engine(request)) as uow:
+                add_links(uow, patients)
+        return fhir_response(body, status, xml=wants_xml(request))
     with UnitOfWork(_engine(request)) as uow:
         golden = _golden(uow, enterprise[:1])
     base = str(request.base_url).rstrip("/") + "/fhir"

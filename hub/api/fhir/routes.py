@@ -58,6 +58,11 @@ def _headers(row: RecordRow, request: Request, location: bool = False) -> dict[s
 
 # ---------------------------------------------------------------- capability statement
 
+MPI_OPERATIONS = [  # served by hub/api/fhir/mpi_ops.py
+    {"name": "match", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match"},
+    {"name": "ihe-pix", "definition": "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix"},
+]
+
 @router.get("/metadata", dependencies=[Depends(requires(Permission.HEALTH))])
 def capability_statement(request: Request) -> Response:
     interactions = ["read", "vread", "update", "delete", "history-instance", "history-type", "search-type", "create"]
@@ -83,7 +88,8 @@ def capability_statement(request: Request) -> Response:
                     "conditionalDelete": "single",
                     "interaction": [{"code": c} for c in interactions],
                     **includes.capability(name, params),
-                    "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
+                    "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"},
+                                  *(MPI_OPERATIONS if name == "Patient" else [])],
                 }
                 for name, params in search.PARAMS.items()
             ],

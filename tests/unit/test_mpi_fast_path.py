@@ -1,0 +1,84 @@
+"""The online decision's shortcuts give what the long way gives: normalising stored JSON without
+validating it, ranking pairs by weight before explaining them, and the cut of candidates found by one
+common key alone. Synthetic, fictional data (bench/mpi_synth.py)."""
+
+from __future__ import annotations
+
+from bench.mpi_synth import generate
+from hub.model import Patient
+from hub.mpi.compare import features, features_of_data
+from hub.mpi.decide import decide
+from hub.mpi.model import load_model
+from hub.mpi.service import MAX_SCORED, stored_candidates
+from hub.store.mpi import Candidate
+
+DATA = generate(150, seed=5)
+
+
+def test_features_of_stored_json_equal_features_of_the_validated_patient() -> None:
+    for rec in DATA.records:
+        for data in (rec.patient.model_dump(mode="json", exclude_none=True), rec.patient.model_dump(mode="json")):
+            assert features_of_data(data) == features(Patient.model_validate(data))
+
+
+def test_weight_alone_is_the_explained_weight() -> None:
+    model = load_model()
+    feats = [features(r.patient) for r in DATA.records[:80]]
+    for a in feats[:20]:
+        for b in feats:
+            assert model.weight(a, b) == model.score_features(a, b).weight
+
+
+def _decide_the_long_way(model, record, candidates):  # type: ignore[no-untyped-def]
+    """The decision as it was before the shortcut: every pair explained, best per person, sorted."""
+    best = []
+    for person, records in candidates.items():
+        scored = [model.score_features(record, other) for other in records]
+        best.append((person, max(scored, key=lambda e: e.weight)))
+    best.sort(key=lambda pe: -pe[1].weight)
+    return [(p, e.band, e.weight) for p, e in best if e.band != "new"], best[0] if best else None
+
+
+def test_decide_explains_only_what_it_reads_and_decides_the_same() -> None:
+    model = load_model()
+    by_person: dict[str, list] = {}
+    for rec in DATA.records:
+        by_person.setdefault(str(rec.person_id), []).append(features(rec.patient))
+    persons = list(by_person)
+    checked = 0
+    for rec in DATA.records[:120]:
+        record = features(rec.patient)
+        candidates = {p: by_person[p] for p in persons[max(0, rec.person_id - 3) : rec.person_id + 3]}
+        decision = decide(model, record, candidates)
+        plausible, top = _decide_the_long_way(model, record, candidates)
+        shown = [(decision.person_id, decision.explanation.band, decision.explanation.weight)] if plausible else []
+        shown += [(p, e.band, e.weight) for p, e in decision.others]
+        if plausible:
+            assert shown == plausible and decision.band != "new"
+        elif top is not None:
+            assert decision.band == "new" and decision.explanation == top[1]
+        checked += 1
+    assert checked == 120
+
+
+def _candidate(n: int) -> Candidate:
+    return Candidate(f"r{n:04d}", f"p{n:04d}", 1)
+
+
+def test_below_the_cut_every_candidate_is_kept_in_first_seen_order() -> None:
+    candidates = {"a": [_candidate(i) for i in range(5)], "b": [_candidate(3), _candidate(9)]}
+    kept = stored_candidates("r0001", ["a", "b"], candidates, set())
+    assert [c.record_id for c in kept] == ["r0000", "r0002", "r0003", "r0004", "r0009"]  # itself left out
+    assert [c.record_id for c in stored_candidates(None, ["a", "b"], candidates, {"a"})] == ["r0003", "r0009"]
+
+
+def test_past_the_cut_the_records_sharing_most_keys_then_the_rarest_are_kept() -> None:
+    common = [_candidate(i) for i in range(MAX_SCORED * 3)]  # one surname-and-year key naming many records
+    rare = [_candidate(5000), _candidate(5001)]  # e.g. the phone: few records
+    both = common[-1]  # shares the common key and the phone
+    candidates = {"fam": common, "phone": [*rare, both], "dob_pc": [_candidate(6000)]}
+    kept = [c.record_id for c in stored_candidates("incoming", ["fam", "phone", "dob_pc"], candidates, set())]
+    assert len(kept) == MAX_SCORED
+    assert {both.record_id, "r5000", "r5001", "r6000"} <= set(kept)
+    assert kept == sorted(kept, key=[c.record_id for c in common + rare + [_candidate(6000)]].index)  # order kept
+
