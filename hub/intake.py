@@ -59,6 +59,7 @@ class Intake:
         busy_max_events: int = 200,
         max_backlog: int = 50_000,
         max_lag: float = 0.1,
+        lag_share: float = 0.5,
         idle_before_processing: float = 0.003,
         idle_when_busy: float = 0.025,
         idle_poll: float = 1.0,
@@ -73,6 +74,9 @@ class Intake:
         self._max_lag = max_lag
         self._behind_since: float | None = None
         """When processing last fell behind storing (None: caught up)."""
+        self._lag_share = lag_share
+        self._next_turn = 0.0
+        """Taking turns, processing gets at most `lag_share` of the writer: storing (the ACKs) keeps the rest."""
         self._idle_before_processing = idle_before_processing
         self._idle_when_busy = idle_when_busy
         self._idle_poll = idle_poll
@@ -241,11 +245,17 @@ class Intake:
             for (_, future), outcome in zip(items, outcomes, strict=True):
                 if not future.done():
                     future.set_result(outcome)
-            if self.backlog > self._max_backlog or self._lagging():
+            if self.backlog > self._max_backlog:
                 await self._process(loop)
+            elif self._lagging():
+                started = time.monotonic()
+                await self._process(loop)
+                spent = time.monotonic() - started
+                self._next_turn = time.monotonic() + spent * (1 - self._lag_share) / self._lag_share
 
     def _lagging(self) -> bool:
-        return self._behind_since is not None and time.monotonic() - self._behind_since > self._max_lag
+        now = time.monotonic()
+        return self._behind_since is not None and now - self._behind_since > self._max_lag and now >= self._next_turn
 
     async def _process(self, loop: asyncio.AbstractEventLoop) -> None:
         # While senders are active, process in slices short enough not to hold their ACKs back.

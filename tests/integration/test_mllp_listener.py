@@ -199,3 +199,23 @@ def test_messages_stored_but_not_processed_before_a_crash_are_processed_on_start
         assert [e["resource"]["identifier"][0]["value"] for e in bundle.get("entry", [])] == [mrn]
     finally:
         stop_hub(running, thread)
+
+
+def test_a_steady_stream_is_processed_while_it_lasts(running_hub: RunningHub) -> None:
+    """Arrivals closer together than the intake's idle pause must not starve processing (routing
+    would otherwise wait for the sender to stop): within the stream, earlier messages get processed."""
+    ids = [unique("S") for _ in range(150)]
+
+    async def stream() -> int:
+        processed_during = 0
+        async with MllpClient("127.0.0.1", running_hub.mllp_port, 10) as client:
+            for n, control_id in enumerate(ids):
+                assert b"MSA|AA" in await client.send(adt(control_id))
+                await asyncio.sleep(0.005)  # well under the 25 ms pause that processing would wait for
+                if n == len(ids) - 1:  # still streaming: nothing has paused yet
+                    with running_hub.hub.engine.connect() as conn:
+                        processed_during = conn.execute(select(func.count()).where(
+                            messages.c.control_id.in_(ids), messages.c.state == "processed")).scalar_one()
+        return processed_during
+
+    assert run(stream()) > len(ids) // 3
