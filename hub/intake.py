@@ -59,7 +59,7 @@ class Intake:
         busy_max_events: int = 200,
         max_backlog: int = 50_000,
         max_lag: float = 0.1,
-        lag_share: float = 0.5,
+        lag_share: float = 0.3,
         idle_before_processing: float = 0.003,
         idle_when_busy: float = 0.025,
         idle_poll: float = 1.0,
