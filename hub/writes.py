@@ -17,10 +17,10 @@ from datetime import datetime
 from typing import Any
 
 from hub.messages import InboundMessage
-from hub.mpi.service import link_batch
 from hub.model import Canonical, Patient, PatientEvent, RecordRequest, source_identifier
-from hub.pipeline import RecordSet
+from hub.mpi.service import link_batch
 from hub.records import merge_patient, new_record_id
+from hub.recordset import RecordSet
 from hub.store.uow import RecordRow, SourceKey, UnitOfWork, utcnow
 
 FHIR_SOURCE = "urn:hub:fhir"

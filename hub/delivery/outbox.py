@@ -18,7 +18,9 @@ from typing import Any
 from sqlalchemy import Engine
 
 from hub.messages import InboundMessage
+from hub.mpi.service import enterprise_ids as linked
 from hub.outbound import Outbound, RoutedEvent
+from hub.recordset import patient_key
 from hub.routing.table import control_id
 from hub.store.uow import SourceKey, UnitOfWork, utcnow
 
@@ -114,14 +116,10 @@ def routed_events(uow: UnitOfWork, items: Sequence[tuple[int, InboundMessage]]) 
 def enterprise_ids(uow: UnitOfWork, record_ids: Sequence[str]) -> Mapping[str, tuple[str, tuple[tuple[str, str], ...]]]:
     """Patient record id → (enterprise id, every (system, value) of the person's source records):
     the links processing just wrote in this transaction (one query for the batch)."""
-    from hub.mpi.service import enterprise_ids as linked
-
     return {rid: (person, tuple(identifiers)) for rid, (person, identifiers) in linked(uow, record_ids).items()}
 
 
 def _patient_keys(items: Sequence[tuple[int, InboundMessage]]) -> Iterator[tuple[int, int, InboundMessage, SourceKey]]:
-    from hub.pipeline import patient_key
-
     for message_id, inbound in items:
         for n, event in enumerate(inbound.events):
             if event.patient is None:

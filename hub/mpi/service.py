@@ -28,6 +28,7 @@ from hub.mpi.compare import Features, features, features_of_data
 from hub.mpi.decide import Decision, decide
 from hub.mpi.model import Explanation, Model, load_model
 from hub.mpi.survivorship import SourceRecord, golden
+from hub.recordset import RecordSet
 from hub.store.mpi import Candidate, LinkRow, Member, PersonRow
 from hub.store.uow import RecordChanges, RecordRow, UnitOfWork
 
@@ -532,7 +533,6 @@ def _member(row: RecordRow, person_id: str) -> Member:
 
 def _mark_inactive(uow: UnitOfWork, row: RecordRow, message_id: int | None, at: datetime) -> None:
     """A new version of the merged-away record with `active: false` (its history stays readable)."""
-    from hub.pipeline import RecordSet  # the pipeline imports this module lazily; no cycle at import time
 
     key = (row.kind, row.source_system, row.source_value)
     record_set = RecordSet(uow.records, [key])
