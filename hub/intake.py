@@ -5,10 +5,12 @@ batch was committing and stores it in one transaction (one disk flush), then ans
 sender in it. When no sender is waiting, the same task processes stored messages (map, and
 later match and route) in acceptance order. Under a burst, storing goes first, so the ACK
 path stays fast; processing takes the pauses between arrivals (in short slices while senders
-are active, in large batches once they are quiet) and takes turns with storing when arrivals leave
-no pause: once processing has been behind for `max_lag` (so that a steady stream of messages is
-routed within a bounded time, not only when it stops), or once the backlog passes `max_backlog`
-(backpressure: ACKs slow down rather than the backlog growing without end).
+are active, in large batches once they are quiet) and takes turns with storing once the backlog
+passes `max_backlog` (backpressure: ACKs slow down rather than the backlog growing without end).
+With `max_lag` set (HUB_PROCESSING_MAX_LAG), it also takes turns when arrivals leave no pause and it
+has been behind that long, so that a steady stream is routed while it lasts, not when it stops. The
+price is ACK throughput under saturation (measured: about a third less accepted msg/s), which is
+why it is off by default.
 
 A batch holding messages whose door waits for the result (FHIR writes: the answer carries the new
 resource) is stored and processed in one transaction (`store_and_process`), and those doors wait on
@@ -31,7 +33,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from hub.messages import InboundMessage, Outcome, Status
-from hub.pipeline import Reader, UowFactory, process_pending, store_and_process, store_batch
+from hub.pipeline import (
+    Reader,
+    UowFactory,
+    process_pending,
+    store_and_process,
+    store_batch,
+)
 
 log = logging.getLogger("hub.intake")
 
@@ -58,8 +66,9 @@ class Intake:
         busy_process_batch: int = 10,
         busy_max_events: int = 200,
         max_backlog: int = 50_000,
-        max_lag: float = 0.1,
+        max_lag: float | None = None,
         lag_share: float = 0.3,
+        lag_batch: int = 5,
         idle_before_processing: float = 0.003,
         idle_when_busy: float = 0.025,
         idle_poll: float = 1.0,
@@ -75,6 +84,7 @@ class Intake:
         self._behind_since: float | None = None
         """When processing last fell behind storing (None: caught up)."""
         self._lag_share = lag_share
+        self._lag_batch = lag_batch
         self._next_turn = 0.0
         """Taking turns, processing gets at most `lag_share` of the writer: storing (the ACKs) keeps the rest."""
         self._idle_before_processing = idle_before_processing
@@ -247,20 +257,23 @@ class Intake:
                     future.set_result(outcome)
             if self.backlog > self._max_backlog:
                 await self._process(loop)
-            elif self._lagging():
+            elif self._lagging():  # a turn between two store batches: a few messages, not a slice
                 started = time.monotonic()
-                await self._process(loop)
+                await self._process(loop, self._lag_batch)
                 spent = time.monotonic() - started
                 self._next_turn = time.monotonic() + spent * (1 - self._lag_share) / self._lag_share
 
     def _lagging(self) -> bool:
+        """Processing has been behind for `max_lag` and its last turn has been paid for (see `lag_share`)."""
+        if self._max_lag is None or self._behind_since is None:
+            return False
         now = time.monotonic()
-        return self._behind_since is not None and now - self._behind_since > self._max_lag and now >= self._next_turn
+        return now - self._behind_since > self._max_lag and now >= self._next_turn
 
-    async def _process(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _process(self, loop: asyncio.AbstractEventLoop, limit: int | None = None) -> None:
         # While senders are active, process in slices short enough not to hold their ACKs back.
         busy = time.monotonic() - self._last_store < 0.5
-        limit = self._busy_process_batch if busy else self._process_batch
+        limit = limit or (self._busy_process_batch if busy else self._process_batch)
         if self._waiters:  # doors wait for these (FHIR): take every awaited message in this slice
             awaited = max(message_id for message_id, _, _ in self._waiters)
             limit = max(limit, min(self._process_batch, awaited - self._processed_upto))

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import func, select
 
 from adapters.transport.mllp import MllpClient, frame, send_all
 from hub.store.tables import messages, records
-from tests.conftest import RunningHub, ack_fields, adt, hub_settings, start_hub, stop_hub, unique
+from tests.conftest import (
+    RunningHub,
+    ack_fields,
+    adt,
+    hub_settings,
+    start_hub,
+    stop_hub,
+    unique,
+)
 
 
 def run(coro):  # type: ignore[no-untyped-def]
@@ -201,9 +210,17 @@ def test_messages_stored_but_not_processed_before_a_crash_are_processed_on_start
         stop_hub(running, thread)
 
 
-def test_a_steady_stream_is_processed_while_it_lasts(running_hub: RunningHub) -> None:
-    """Arrivals closer together than the intake's idle pause must not starve processing (routing
-    would otherwise wait for the sender to stop): within the stream, earlier messages get processed."""
+@pytest.fixture(scope="module")
+def lag_bounded_hub(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
+    running, thread = start_hub(hub_settings(database_url, tmp_path_factory.mktemp("data"), processing_max_lag=0.1))
+    yield running
+    stop_hub(running, thread)
+
+
+def test_a_steady_stream_is_processed_while_it_lasts(lag_bounded_hub: RunningHub) -> None:
+    """With HUB_PROCESSING_MAX_LAG, arrivals closer together than the intake's idle pause do not starve
+    processing (routing would otherwise wait for the sender to stop): earlier messages get processed."""
+    running_hub = lag_bounded_hub
     ids = [unique("S") for _ in range(150)]
 
     async def stream() -> int:
