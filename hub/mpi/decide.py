@@ -47,8 +47,9 @@ def decide(
         ranked.append((weights[at], person_id, records[at], scored[at][1]))
     ranked.sort(key=lambda wpf: -wpf[0])
     best: list[tuple[str, Explanation]] = []
+    floor = min(model.review_weight, model.link_weight)
     for weight, person_id, other, comparison in ranked:
-        if weight < model.review_weight and best:
+        if weight < floor and best:
             break
         best.append((person_id, model.score_features(record, other, tf, comparison)))
     plausible = [(p, e) for p, e in best if e.band != "new"]
