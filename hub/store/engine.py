@@ -22,5 +22,5 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.execute("PRAGMA busy_timeout=30000")
     # The search index is written in value order, not insertion order: with SQLite's default 2 MB
     # page cache a bulk load evicts and re-reads index pages for nearly every row it adds.
-    cursor.execute("PRAGMA cache_size=-262144")  # 256 MiB, taken as pages are used
+    cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB, taken as pages are used (it counts in peak RSS)
     cursor.close()
