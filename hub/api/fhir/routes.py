@@ -374,12 +374,7 @@ async def update(resource_type: str, resource_id: str, request: Request) -> Resp
 
 @router.put("/{resource_type}", dependencies=WRITE)
 async def conditional_update(resource_type: str, request: Request) -> Response:
-    if resource_type not in KINDS:
-        return _unknown_type(request, resource_type)
-    query = _query(request)
-    if query is None:
-        return operation_outcome(400, "invalid", "update needs an id or search conditions", "url", wants_xml(request))
-    return await _submit(request, resource_type, {"interaction": "update", "query": query, "if_match": request.headers.get("if-match")})
+    return await _conditional(request, resource_type, "update", (400, "invalid", "update needs an id or search conditions"))
 
 
 @router.delete("/{resource_type}/{resource_id}", dependencies=WRITE)
@@ -391,12 +386,24 @@ async def delete(resource_type: str, resource_id: str, request: Request) -> Resp
 
 @router.delete("/{resource_type}", dependencies=WRITE)
 async def conditional_delete(resource_type: str, request: Request) -> Response:
+    return await _conditional(
+        request, resource_type, "delete", (405, "not-supported", "deleting a whole resource type is not supported")
+    )
+
+
+async def _conditional(
+    request: Request, resource_type: str, interaction: str, without_query: tuple[int, str, str]
+) -> Response:
+    """Conditional update or delete: the search conditions name the record (`PUT Patient?identifier=…`)."""
     if resource_type not in KINDS:
         return _unknown_type(request, resource_type)
     query = _query(request)
     if query is None:
-        return operation_outcome(405, "not-supported", "deleting a whole resource type is not supported", "url", wants_xml(request))
-    return await _submit(request, resource_type, {"interaction": "delete", "query": query, "if_match": request.headers.get("if-match")})
+        status, code, text = without_query
+        return operation_outcome(status, code, text, "url", wants_xml(request))
+    return await _submit(
+        request, resource_type, {"interaction": interaction, "query": query, "if_match": request.headers.get("if-match")}
+    )
 
 
 # ---------------------------------------------------------------- transaction and batch
