@@ -7,8 +7,9 @@ import asyncio
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from adapters.transport.mllp import FrameReader, frame
 from hub.outbound import Outbound, RoutedEvent
@@ -160,3 +161,16 @@ def echo_planner(destination: str, *, strict: bool = False) -> Callable[[RoutedE
                          built.idempotency_key, built.content_type, built.payload, built.summary)]
 
     return plan
+
+
+def assert_per_patient_order(rows: Sequence[Any], arrivals: Sequence[str]) -> None:
+    """Each message's first arrival, grouped by patient, is in outbox (acceptance) order: `rows` carry
+    `ordering_key` and `idempotency_key`, oldest first; `arrivals` are the receiver's control ids."""
+    key_of = {r.idempotency_key: r.ordering_key for r in rows}
+    first_seen: dict[str, list[str]] = {}
+    for key in dict.fromkeys(arrivals):  # first arrival of each message, in arrival order
+        first_seen.setdefault(key_of[key], []).append(key)
+    expected: dict[str, list[str]] = {}
+    for r in rows:
+        expected.setdefault(r.ordering_key, []).append(r.idempotency_key)
+    assert first_seen == expected, "per-patient order kept"

@@ -20,7 +20,7 @@ from hub.store.engine import make_engine
 from hub.store.outbox import outbox
 from hub.store.tables import messages
 from tests.conftest import adt, free_port, unique
-from tests.integration.delivery_fakes import FakeMllpReceiver
+from tests.integration.delivery_fakes import FakeMllpReceiver, assert_per_patient_order
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -104,14 +104,7 @@ def test_kill_9_mid_burst_then_restart_delivers_everything_in_order(database_url
         assert accepted == 300 and len({r.idempotency_key for r in rows}) == 300, "one row per accepted message"
         arrivals = receiver.ids()
         assert set(arrivals) == {r.idempotency_key for r in rows}, "nothing lost"
-        first_seen: dict[str, list[str]] = {}
-        key_of = {r.idempotency_key: r.ordering_key for r in rows}
-        for key in dict.fromkeys(arrivals):  # first arrival of each message, in arrival order
-            first_seen.setdefault(key_of[key], []).append(key)
-        expected: dict[str, list[str]] = {}
-        for r in rows:
-            expected.setdefault(r.ordering_key, []).append(r.idempotency_key)
-        assert first_seen == expected, "per-patient order kept"
+        assert_per_patient_order(rows, arrivals)
         retried = {r.idempotency_key for r in rows if r.attempts > 1}
         duplicates = {key for key, n in receiver.counts.items() if n > 1}
         assert duplicates <= retried, "a duplicate only where the attempts show a retry"
@@ -165,14 +158,7 @@ def test_hub_worker_delivers_what_hub_serve_routes_over_redis(database_url: str,
         with engine.connect() as conn:
             rows = conn.execute(select(outbox.c.ordering_key, outbox.c.idempotency_key)
                                 .where(outbox.c.id > since).order_by(outbox.c.id)).all()
-        key_of = {r.idempotency_key: r.ordering_key for r in rows}
-        first_seen: dict[str, list[str]] = {}
-        for key in dict.fromkeys(receiver.ids()):
-            first_seen.setdefault(key_of[key], []).append(key)
-        expected: dict[str, list[str]] = {}
-        for r in rows:
-            expected.setdefault(r.ordering_key, []).append(r.idempotency_key)
-        assert first_seen == expected
+        assert_per_patient_order(rows, receiver.ids())
     finally:
         for worker in workers:
             if worker.poll() is None:

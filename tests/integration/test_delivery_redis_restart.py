@@ -21,7 +21,7 @@ from adapters.transport.mllp import send_all
 from hub.store.engine import make_engine
 from hub.store.outbox import outbox
 from tests.conftest import adt, free_port, unique
-from tests.integration.delivery_fakes import FakeMllpReceiver
+from tests.integration.delivery_fakes import FakeMllpReceiver, assert_per_patient_order
 from tests.integration.test_delivery_crash import REPO, ROUTES, _last_id, _serve
 
 
@@ -105,14 +105,7 @@ def test_redis_restart_mid_burst_loses_nothing_and_keeps_order(database_url: str
             rows = conn.execute(select(outbox.c.ordering_key, outbox.c.idempotency_key, outbox.c.attempts)
                                 .where(outbox.c.id > since).order_by(outbox.c.id)).all()
         assert set(receiver.ids()) == {r.idempotency_key for r in rows}, "nothing lost"
-        key_of = {r.idempotency_key: r.ordering_key for r in rows}
-        first_seen: dict[str, list[str]] = {}
-        for key in dict.fromkeys(receiver.ids()):
-            first_seen.setdefault(key_of[key], []).append(key)
-        expected: dict[str, list[str]] = {}
-        for r in rows:
-            expected.setdefault(r.ordering_key, []).append(r.idempotency_key)
-        assert first_seen == expected, "per-patient order kept"
+        assert_per_patient_order(rows, receiver.ids())
         duplicates = {key for key, n in receiver.counts.items() if n > 1}
         assert duplicates <= {r.idempotency_key for r in rows if r.attempts > 1}
     finally:
