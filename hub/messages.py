@@ -24,6 +24,15 @@ class Status(StrEnum):
     """Stored as bytes only: not a message the hub can take (HL7 AR)."""
 
 
+class Refused(Exception):
+    """An operator's action the hub cannot do (a steward action, a resend): `status` is what an API
+    answers with, `text` why, naming ids and states only, never patient values."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status, self.text = status, text
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     """Why a message was not accepted. `text` names fields, never patient data."""

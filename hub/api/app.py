@@ -14,6 +14,7 @@ from hub.api import admin, csv, fhir, health, hl7v2, mpi
 from hub.api import outbox as outbox_api
 from hub.api import routes as routes_api
 from hub.intake import StillProcessing
+from hub.messages import Refused
 
 if TYPE_CHECKING:
     from hub.bootstrap import Hub
@@ -35,6 +36,7 @@ def create_app(hub: Hub) -> FastAPI:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StillProcessing, _still_processing)
+    app.add_exception_handler(Refused, _refused)
     app.add_exception_handler(Exception, _internal_error)
     return app
 
@@ -59,6 +61,12 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     if _is_fhir(request):
         return fhir.operation_outcome(400, "invalid", "the request is malformed")
     return JSONResponse({"detail": "the request is malformed"}, 400)
+
+
+async def _refused(request: Request, exc: Exception) -> Response:
+    """An operator's action the hub cannot do (steward action, resend, replay): its status and reason."""
+    assert isinstance(exc, Refused)
+    return JSONResponse({"detail": exc.text}, exc.status)
 
 
 async def _still_processing(request: Request, exc: Exception) -> Response:

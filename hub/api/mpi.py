@@ -28,7 +28,6 @@ from starlette.concurrency import run_in_threadpool
 from hub.access import Permission, requires
 from hub.delivery.outbox import RoutingUnitOfWork
 from hub.mpi import steward
-from hub.mpi.service import MpiError
 from hub.store.uow import UnitOfWork
 
 router = APIRouter(prefix="/api/mpi")
@@ -64,7 +63,7 @@ def _actor(request: Request) -> str:
 
 
 async def _run(request: Request, action: Any, *args: Any, commit: bool = True) -> JSONResponse:
-    """Run a steward function in a unit of work on the thread pool; MpiError → its status."""
+    """Run a steward function in a unit of work on the thread pool (a refusal: see hub.api.app)."""
     hub = request.app.state.hub
 
     def work() -> Any:
@@ -74,10 +73,7 @@ async def _run(request: Request, action: Any, *args: Any, commit: bool = True) -
                 uow.commit()
             return result
 
-    try:
-        return JSONResponse(await run_in_threadpool(work))
-    except MpiError as exc:
-        return JSONResponse({"detail": exc.text}, exc.status)
+    return JSONResponse(await run_in_threadpool(work))
 
 
 @router.get("/reviews", dependencies=[Depends(requires(Permission.MPI_REVIEW))])

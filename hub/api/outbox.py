@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from hub.access import Permission, requires
 from hub.delivery.outbox import RoutingUnitOfWork
-from hub.delivery.replay import ReplayError, rebuilder, replay, resend
+from hub.delivery.replay import rebuilder, replay, resend
 from hub.store.outbox import STATES
 
 router = APIRouter(prefix="/api", dependencies=[Depends(requires(Permission.ADMIN))])
@@ -68,13 +68,10 @@ def get_outbox(request: Request, outbox_id: int) -> dict[str, object]:
 def resend_outbox(request: Request, outbox_id: int, body: ResendBody | None = None) -> dict[str, object]:
     """Send a stored outbound row again: in place if it is dead or skipped, else as a new row."""
     hub = request.app.state.hub
-    try:
-        with _uow(request) as uow:
-            row = resend(uow, outbox_id, hub.destinations(), (body or ResendBody()).destination,
-                         rebuilder(hub.readers, hub.routing.planner))
-            uow.commit()
-    except ReplayError as exc:
-        raise HTTPException(exc.status, exc.text) from None
+    with _uow(request) as uow:  # a ReplayError becomes its status (hub.api.app)
+        row = resend(uow, outbox_id, hub.destinations(), (body or ResendBody()).destination,
+                     rebuilder(hub.readers, hub.routing.planner))
+        uow.commit()
     return row.listing()
 
 
@@ -101,11 +98,8 @@ def replay_message(request: Request, message_id: int, body: ReplayBody | None = 
     body = body or ReplayBody()
     if body.destination is not None and body.destination not in hub.destinations():
         raise HTTPException(400, f"unknown destination {body.destination!r}")
-    try:
-        with _uow(request) as uow:
-            planned = replay(uow, hub.readers, hub.routing.planner, message_id, body.destination, body.dry_run)
-            if not body.dry_run:
-                uow.commit()
-    except ReplayError as exc:
-        raise HTTPException(exc.status, exc.text) from None
+    with _uow(request) as uow:
+        planned = replay(uow, hub.readers, hub.routing.planner, message_id, body.destination, body.dry_run)
+        if not body.dry_run:
+            uow.commit()
     return {"dry_run": body.dry_run, "planned": [p.as_dict() for p in planned]}

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from hub.delivery.outbox import UNROUTED, Planner, plan_event, routed_events
-from hub.messages import InboundMessage, Status
+from hub.messages import InboundMessage, Refused, Status
 from hub.outbound import Destination, Outbound
 from hub.store.outbox import BUILD_ERROR, OutboxRow
 from hub.store.uow import UnitOfWork, utcnow
@@ -25,13 +25,8 @@ from hub.store.uow import UnitOfWork, utcnow
 Reader = Callable[..., InboundMessage]
 
 
-class ReplayError(Exception):
-    """Why a resend or replay cannot be done; `status` is the HTTP status an API answers with."""
-
-    def __init__(self, status: int, text: str) -> None:
-        super().__init__(text)
-        self.status = status
-        self.text = text
+class ReplayError(Refused):
+    """Why a resend or replay cannot be done."""
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from hub.messages import Refused
 from hub.model import Patient, PatientEvent, source_identifier
 from hub.mpi.blocking import blocking_keys
 from hub.mpi.compare import Features, features, features_of_data
@@ -60,12 +61,8 @@ _features: dict[tuple[str, int], Features] = {}
 _FEATURES_CACHE = 50_000
 
 
-class MpiError(Exception):
-    """A steward action that cannot be done; the text names ids only, never patient values."""
-
-    def __init__(self, status: int, text: str) -> None:
-        super().__init__(text)
-        self.status, self.text = status, text
+class MpiError(Refused):
+    """A steward action that cannot be done."""
 
 
 def current_model() -> Model:
