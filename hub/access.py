@@ -110,13 +110,14 @@ class PatientData:
         return row, versions
 
     def history_page(
-        self, kinds: Sequence[str], since: datetime | None, limit: int, offset: int
+        self, kinds: Sequence[str], since: datetime | None, limit: int, offset: int, record_id: str | None = None
     ) -> list[HistoryItem]:
-        """Versions of every record of these kinds, newest first (type and system history)."""
+        """Versions of every record of these kinds, or of one record, newest first (type, system and
+        instance history)."""
         if self.before_read:
             self.before_read()
         with UnitOfWork(self.engine) as uow:
-            items = history_page(uow.conn, kinds, since, limit, offset)
+            items = history_page(uow.conn, kinds, since, limit, offset, record_id)
         for kind in {i.row.kind for i in items}:
             self.record_access(Permission.PATIENT_READ, kind, [i.row.id for i in items if i.row.kind == kind])
         return items

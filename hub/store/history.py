@@ -1,6 +1,6 @@
-"""History across records (FHIR type and system history): every version of every record of some kinds,
-newest first. A record's current version lives in `records`, the ones it replaced in `record_versions`;
-a page is one UNION ALL over both, ordered by when each version was written."""
+"""History across records (FHIR instance, type and system history): every version of every record of some
+kinds (or of one record), newest first. A record's current version lives in `records`, the ones it replaced
+in `record_versions`; a page is one UNION ALL over both, ordered by when each version was written."""
 
 from __future__ import annotations
 
@@ -23,10 +23,11 @@ class HistoryItem:
 
 
 def history_page(
-    conn: Connection, kinds: Sequence[str], since: datetime | None, limit: int, offset: int
+    conn: Connection, kinds: Sequence[str], since: datetime | None, limit: int, offset: int,
+    record_id: str | None = None,
 ) -> list[HistoryItem]:
-    """Up to `limit` versions of records of these kinds written at or after `since`, newest first
-    (ties: by record id, then version, so that pages do not overlap)."""
+    """Up to `limit` versions of records of these kinds (only of `record_id` when given: instance history)
+    written at or after `since`, newest first (ties: by record id, then version, so that pages do not overlap)."""
     current = select(
         records.c.id.label("record_id"), records.c.version, records.c.updated_at.label("at"),
         literal(True).label("current"),
@@ -39,6 +40,9 @@ def history_page(
         .join(records, records.c.id == record_versions.c.record_id)
         .where(records.c.kind.in_(kinds))
     )
+    if record_id is not None:
+        current = current.where(records.c.id == record_id)
+        superseded = superseded.where(records.c.id == record_id)
     if since is not None:
         current = current.where(records.c.updated_at >= since)
         superseded = superseded.where(record_versions.c.recorded_at >= since)

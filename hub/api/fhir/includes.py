@@ -4,7 +4,8 @@ point at the matched patients), and what the CapabilityStatement says about sear
 Every reference search parameter of the hub points at a Patient (the canonical `patient_id`), so
 `_include` and `_revinclude` are defined for those only: `Observation?_include=Observation:subject`,
 `Patient?_revinclude=Encounter:subject`. Included resources are not paged (FHIR does not page them);
-`_revinclude` adds at most `REVINCLUDE_LIMIT` resources of each type.
+`_revinclude` adds at most `REVINCLUDE_LIMIT` resources of each type, and says so in the searchset's
+OperationOutcome when it left some out (a client must not take a cut list for the whole).
 """
 
 from __future__ import annotations
@@ -45,16 +46,31 @@ def parse(resource_type: str, pairs: list[tuple[str, str]]) -> tuple[bool, list[
     return include, list(dict.fromkeys(revinclude)), unknown
 
 
-def revinclude_entries(data: PatientData, base: str, types: list[str], patient_ids: list[str]) -> list[dict[str, Any]]:
-    """Entries (mode include) for the records of these types that belong to these patients."""
-    if not types or not patient_ids:
-        return []
+def revinclude_entries(
+    data: PatientData, base: str, types: list[str], patient_ids: list[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Entries (mode include) for the records of these types that belong to these patients, and an
+    OperationOutcome issue (warning) for each type cut at `REVINCLUDE_LIMIT`."""
+    entries: list[dict[str, Any]] = []
+    issues: list[dict[str, Any]] = []
+    if not patient_ids:
+        return entries, issues
     criteria = [("patient_id", "in", json.dumps(patient_ids))]
-    return [
-        {"fullUrl": f"{base}/{type_}/{row.id}", "resource": row_resource(row), "search": {"mode": "include"}}
-        for type_ in types
-        for row in data.search(KINDS[type_], criteria, REVINCLUDE_LIMIT, 0)
-    ]
+    limit = REVINCLUDE_LIMIT
+    for type_ in types:
+        rows = data.search(KINDS[type_], criteria, limit, 0)
+        entries += [
+            {"fullUrl": f"{base}/{type_}/{row.id}", "resource": row_resource(row), "search": {"mode": "include"}}
+            for row in rows
+        ]
+        total = data.count(KINDS[type_], criteria) if len(rows) >= limit else len(rows)
+        if total > limit:
+            issues.append({
+                "severity": "warning", "code": "incomplete", "expression": ["_revinclude"],
+                "diagnostics": f"_revinclude: only {limit} of the {total} {type_} resources of the matched patients "
+                               f"are included (the limit is {limit} per type)",
+            })
+    return entries, issues
 
 
 def capability(name: str, params: dict[str, str]) -> dict[str, Any]:

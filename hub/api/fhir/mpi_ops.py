@@ -5,8 +5,9 @@
   survivor). Golden records are never in the search index, so a search by a source identifier returns
   that source record only (golden copies turning up as duplicate patients is a known MDM complaint);
   they are reached by id, through `Patient.link`, or by `identifier=urn:hub:enterprise-id|<id>`.
-- A source record read by id carries `link` type `refer` to its person; a record merged away by an
-  A40 carries `replaced-by` to the surviving record instead.
+- A source record carries `link` type `refer` to its person; a record merged away by an A40 carries
+  `replaced-by` to the surviving record instead: wherever a Patient is returned (reads, searchsets,
+  `_include`), given by `patient_links` in the generic routes.
 - `POST /fhir/Patient/$match` (FHIR R4 patient-operation-match): Parameters with `resource`,
   optionally `onlyCertainMatches` and `count`; a searchset of golden records with `search.score`
   (0–1) and the `match-grade` extension (certain / probable / possible).
@@ -25,8 +26,14 @@ from fastapi.responses import Response
 
 from hub.access import Permission, requires
 from hub.api.fhir import routes
-from hub.api.fhir.render import http_date, instant, row_resource
-from hub.api.fhir.wire import Unsupported, body_is_xml, fhir_response, operation_outcome, wants_xml
+from hub.api.fhir.render import instant
+from hub.api.fhir.wire import (
+    Unsupported,
+    body_is_xml,
+    fhir_response,
+    operation_outcome,
+    wants_xml,
+)
 from hub.model import Patient
 from hub.mpi.model import Explanation
 from hub.mpi.service import current_model, match_candidates
@@ -177,51 +184,36 @@ def _grade(e: Explanation) -> str:
 
 @router.get("/Patient/{resource_id}", dependencies=READ)
 def read_patient(resource_id: str, request: Request) -> Response:
-    """A person (golden record) by enterprise id; otherwise the source record, with its link to its person."""
+    """A person (golden record) by enterprise id; otherwise the source record, read as any other."""
     with UnitOfWork(_engine(request)) as uow:
         golden = _golden(uow, [resource_id]).get(resource_id)
     if golden is not None:
         _audit(request, [resource_id])
         return fhir_response(golden, 200, {"ETag": f'W/"{golden["meta"]["versionId"]}"'}, wants_xml(request))
-    row = request.app.state.hub.patient_data.get("patient", resource_id)
-    if row is None or row.deleted:
-        return routes.read("Patient", resource_id, request)  # 404 / 410 exactly as any other read
-    resource = row_resource(row)
-    with UnitOfWork(_engine(request)) as uow:
-        add_links(uow, [resource])
-    headers = {"ETag": f'W/"{row.version}"', "Last-Modified": http_date(row.updated_at)}
-    return fhir_response(resource, 200, headers, wants_xml(request))
-
-
-def add_links(uow: UnitOfWork, resources: list[dict[str, Any]]) -> None:
-    """Give source Patient resources their `link` to their person (`refer`), or for a record merged
-    away by an A40 to the surviving record (`replaced-by`): one query for all of them (a search page)."""
-    found = uow.mpi.links([r["id"] for r in resources if r.get("id")])
-    for resource in resources:
-        link = found.get(resource.get("id", ""))
-        if link is None:
-            continue
-        if link.replaced_by:
-            extra = {"other": {"reference": f"Patient/{link.replaced_by}"}, "type": "replaced-by"}
-        else:
-            extra = {"other": {"reference": f"Patient/{link.person_id}"}, "type": "refer"}
-        resource["link"] = [*[k for k in resource.get("link", []) if k != extra], extra]
+    return routes.read("Patient", resource_id, request)
 
 
 @router.get("/Patient", dependencies=READ)
 def search_patient(request: Request) -> Response:
-    """`identifier=urn:hub:enterprise-id|<id>` finds golden records; any other search is the generic one,
-    its Patient entries given their `link` as a read gives it."""
-    identifiers = request.query_params.getlist("identifier")
+    return _search(request, list(request.query_params.multi_items()))
+
+
+@router.post("/Patient/_search", dependencies=READ)
+async def search_patient_posted(request: Request) -> Response:
+    try:
+        pairs = await routes.search_parameters(request)
+    except Unsupported:
+        return operation_outcome(415, "not-supported", "send the search parameters as application/x-www-form-urlencoded",
+                                 "Content-Type", wants_xml(request))
+    return _search(request, pairs)
+
+
+def _search(request: Request, pairs: list[tuple[str, str]]) -> Response:
+    """`identifier=urn:hub:enterprise-id|<id>` finds golden records; any other search is the generic one."""
+    identifiers = [v for k, v in pairs if k == "identifier"]
     enterprise = [i.split("|", 1)[1] for i in identifiers if i.startswith(ENTERPRISE_SYSTEM + "|")]
     if not enterprise:
-        pairs = list(request.query_params.multi_items())
-        status, body = routes._search_bundle(request, "Patient", pairs, routes._strict(request), str(request.url))
-        patients = [e["resource"] for e in body.get("entry", []) if e.get("resource", {}).get("resourceType") == "Patient"]
-        if status == 200 and patients:
-            with UnitOfWork(_engine(request)) as uow:
-                add_links(uow, patients)
-        return fhir_response(body, status, xml=wants_xml(request))
+        return routes.search_response(request, "Patient", pairs)
     with UnitOfWork(_engine(request)) as uow:
         golden = _golden(uow, enterprise[:1])
     base = str(request.base_url).rstrip("/") + "/fhir"

@@ -18,9 +18,25 @@ from fastapi.responses import Response
 from adapters.inbound.fhir.reader import bundle_entries
 from hub.access import PatientData, Permission, requires
 from hub.api.fhir import includes
-from hub.api.fhir.render import KINDS, TYPES, http_date, instant, render, row_resource, version_resource
+from hub.api.fhir.patient_links import add_bundle_links, add_links
+from hub.api.fhir.render import (
+    KINDS,
+    TYPES,
+    http_date,
+    instant,
+    render,
+    row_resource,
+    version_resource,
+)
 from hub.api.fhir.wire import (
-    FHIR_VERSION, STATUS_CODES, Unsupported, body_is_xml, fhir_response, operation_outcome, outcome_body, wants_xml,
+    FHIR_VERSION,
+    STATUS_CODES,
+    Unsupported,
+    body_is_xml,
+    fhir_response,
+    operation_outcome,
+    outcome_body,
+    wants_xml,
 )
 from hub.messages import Status
 from hub.store.uow import RecordRow
@@ -107,7 +123,9 @@ def _read(request: Request, resource_type: str, resource_id: str) -> tuple[int, 
         return 404, outcome_body("not-found", f"{resource_type} with this id is not known", f"{resource_type}.id"), None
     if row.deleted:
         return 410, outcome_body("deleted", f"{resource_type} with this id was deleted", f"{resource_type}.id"), row
-    return 200, row_resource(row), row
+    resource = row_resource(row)
+    add_links(request.app.state.hub.engine, [resource])
+    return 200, resource, row
 
 
 @router.get("/{resource_type}/{resource_id}", dependencies=READ)
@@ -117,38 +135,6 @@ def read(resource_type: str, resource_id: str, request: Request) -> Response:
     status, body, row = _read(request, resource_type, resource_id)
     headers = _headers(row, request) if row is not None and status == 200 else None
     return fhir_response(body, status, headers, wants_xml(request))
-
-
-def _history_entry(request: Request, resource_type: str, row: RecordRow, version: Any, current: bool) -> dict[str, Any]:
-    number, deleted = (row.version, row.deleted) if current else (version.version, version.deleted)
-    at = row.updated_at if current else version.recorded_at
-    url = f"{resource_type}/{row.id}"
-    entry: dict[str, Any] = {"fullUrl": f"{_base(request)}/{url}"}
-    if not deleted:
-        entry["resource"] = row_resource(row) if current else version_resource(row, version)
-    method = "DELETE" if deleted else "POST" if number == 1 else "PUT"
-    entry["request"] = {"method": method, "url": url}
-    entry["response"] = {
-        "status": "204" if deleted else "201" if number == 1 else "200",
-        "etag": f'W/"{number}"', "lastModified": instant(at),
-    }
-    return entry
-
-
-@router.get("/{resource_type}/{resource_id}/_history", dependencies=READ)
-def history(resource_type: str, resource_id: str, request: Request) -> Response:
-    if resource_type not in KINDS:
-        return _unknown_type(request, resource_type)
-    row, versions = _data(request).history(KINDS[resource_type], resource_id)
-    xml = wants_xml(request)
-    if row is None:
-        return operation_outcome(404, "not-found", f"{resource_type} with this id is not known", f"{resource_type}.id", xml)
-    entries = [_history_entry(request, resource_type, row, None, True)]
-    entries += [_history_entry(request, resource_type, row, v, False) for v in versions]
-    return fhir_response({
-        "resourceType": "Bundle", "type": "history", "total": len(entries),
-        "link": [{"relation": "self", "url": str(request.url)}], "entry": entries,
-    }, xml=xml)
 
 
 @router.get("/{resource_type}/{resource_id}/_history/{version_id}", dependencies=READ)
@@ -178,9 +164,31 @@ def _strict(request: Request) -> bool:
     return "handling=strict" in request.headers.get("prefer", "").replace(" ", "")
 
 
-def _search_bundle(
+def search_response(request: Request, resource_type: str, pairs: list[tuple[str, str]]) -> Response:
+    """The answer to a search of `resource_type` with these parameters (from the URL, or the URL and a
+    POSTed form): a searchset, or an OperationOutcome; `Prefer: handling=strict` honoured."""
+    self_url = str(request.url) if request.method == "GET" else f"{_base(request)}/{resource_type}?{urlencode(pairs)}"
+    status, body = search_bundle(request, resource_type, pairs, _strict(request), self_url)
+    return fhir_response(body, status, xml=wants_xml(request))
+
+
+async def search_parameters(request: Request) -> list[tuple[str, str]]:
+    """Search parameters of a GET (the query) or a `POST {type}/_search` (the query and the form body).
+    Raises Unsupported when a POSTed body is not `application/x-www-form-urlencoded`."""
+    pairs = list(request.query_params.multi_items())
+    if request.method != "POST":
+        return pairs
+    body = await request.body()
+    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded" and (body.strip() or content_type):
+        raise Unsupported(content_type)
+    return pairs + parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True)
+
+
+def search_bundle(
     request: Request, resource_type: str, pairs: list[tuple[str, str]], strict: bool, self_url: str
 ) -> tuple[int, dict[str, Any]]:
+    """(status, searchset or OperationOutcome): every search of a resource type, whichever way it came."""
     kind = KINDS[resource_type]
     try:
         criteria, unknown = search.parse_query(resource_type, pairs)
@@ -230,18 +238,19 @@ def _search_bundle(
             {"fullUrl": f"{base}/Patient/{row.id}", "resource": row_resource(row), "search": {"mode": "include"}}
             for row in data.get_many("patient", patient_ids)
         ]
+    issues = [
+        {"severity": "warning", "code": "not-supported", "diagnostics": f"unknown or unsupported search parameter {u[:40]} ignored"}
+        for u in unknown
+    ]
     if revinclude:
-        bundle["entry"] += includes.revinclude_entries(data, base, revinclude, [row.id for row in rows[:count]])
-    if unknown:
-        bundle["entry"].append({"resource": {
-            "resourceType": "OperationOutcome",
-            "issue": [
-                {"severity": "warning", "code": "not-supported", "diagnostics": f"unknown or unsupported search parameter {u[:40]} ignored"}
-                for u in unknown
-            ],
-        }, "search": {"mode": "outcome"}})
+        included, cut = includes.revinclude_entries(data, base, revinclude, [row.id for row in rows[:count]])
+        bundle["entry"] += included
+        issues += cut
+    if issues:
+        bundle["entry"].append({"resource": {"resourceType": "OperationOutcome", "issue": issues}, "search": {"mode": "outcome"}})
     if not bundle["entry"]:
         del bundle["entry"]
+    add_bundle_links(request.app.state.hub.engine, bundle)
     return 200, bundle
 
 
@@ -249,9 +258,19 @@ def _search_bundle(
 def search_type(resource_type: str, request: Request) -> Response:
     if resource_type not in KINDS:
         return _unknown_type(request, resource_type)
-    pairs = list(request.query_params.multi_items())
-    status, body = _search_bundle(request, resource_type, pairs, _strict(request), str(request.url))
-    return fhir_response(body, status, xml=wants_xml(request))
+    return search_response(request, resource_type, list(request.query_params.multi_items()))
+
+
+@router.post("/{resource_type}/_search", dependencies=READ)
+async def search_posted(resource_type: str, request: Request) -> Response:
+    """`POST {type}/_search`: a search whose parameters come in a form body (and the URL)."""
+    if resource_type not in KINDS:
+        return _unknown_type(request, resource_type)
+    try:
+        pairs = await search_parameters(request)
+    except Unsupported:
+        return operation_outcome(415, "not-supported", "send the search parameters as application/x-www-form-urlencoded", "Content-Type", wants_xml(request))
+    return search_response(request, resource_type, pairs)
 
 
 # ---------------------------------------------------------------- writes
@@ -415,7 +434,7 @@ def _get_entry(request: Request, url: str) -> tuple[int, dict[str, Any]]:
     if resource_type not in KINDS:
         return 404, outcome_body("not-supported", "resource type not supported by this server", "request.url")
     if len(parts) == 1:
-        return _search_bundle(request, resource_type, parse_qsl(query), False, f"{_base(request)}/{url}")
+        return search_bundle(request, resource_type, parse_qsl(query), False, f"{_base(request)}/{url}")
     status, body, _ = _read(request, resource_type, parts[1])
     return status, body
 
