@@ -1,4 +1,4 @@
-"""`hub` command line: serve, db upgrade, ingest (file drop), import-csv, send (an MLLP client)."""
+"""`hub` command line: serve, db upgrade, ingest (file drop), import-csv, send (an MLLP client), reindex."""
 
 from __future__ import annotations
 
@@ -166,11 +166,16 @@ from hub.cli_mpi import mpi  # noqa: E402 — `hub mpi …` (master patient inde
 
 main.add_command(mpi)
 
-from hub.cli_delivery import replay, worker  # noqa: E402 — `hub worker`, `hub replay` (delivery)
+from hub.cli_delivery import outbox, replay, worker  # noqa: E402 — `hub worker`, `hub replay`, `hub outbox`
 
 main.add_command(worker)
 main.add_command(replay)
+main.add_command(outbox)
 
 from hub.cli_routes import routes_reload  # noqa: E402 — `hub routes reload` (SIGHUP to the server)
 
 routes.add_command(routes_reload)
+
+from hub.cli_reindex import reindex_command  # noqa: E402 — `hub reindex` (search index from stored records)
+
+main.add_command(reindex_command)

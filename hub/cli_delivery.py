@@ -1,4 +1,5 @@
-"""`hub worker` (dramatiq delivery workers) and `hub replay` (resend, replay, dry-run diff)."""
+"""`hub worker` (dramatiq delivery workers), `hub replay` (resend, replay, dry-run diff) and
+`hub outbox prune` (delete old delivered rows)."""
 
 from __future__ import annotations
 
@@ -96,6 +97,41 @@ def replay(message_id: int | None, outbox_id: int | None, destination: str | Non
                 click.echo(p.diff, nl=False)
         else:
             click.echo(f"outbox/{p.queued_as} queued for {o.destination} via {o.route}: {o.summary}")
+
+
+@click.group()
+def outbox() -> None:
+    """The outbox (delivery rows)."""
+
+
+@outbox.command("prune")
+@click.option("--delivered-older-than", "delivered_days", required=True, type=click.FloatRange(min=0), metavar="DAYS",
+              help="delete rows delivered more than DAYS ago")
+@click.option("--dead-older-than", "dead_days", type=click.FloatRange(min=0), metavar="DAYS",
+              help="also delete dead rows written more than DAYS ago (dead rows are kept without it)")
+@click.option("--batch", default=1000, show_default=True, type=click.IntRange(1, 100_000), help="rows per transaction")
+@click.option("--database-url", help="HUB_DATABASE_URL")
+def outbox_prune(delivered_days: float, dead_days: float | None, batch: int, database_url: str | None) -> None:
+    """Delete old delivered rows (and, with --dead-older-than, old dead ones) with their attempts,
+    a batch per transaction. Pending, sending and skipped rows are never deleted; that a destination
+    was sent something about a patient is kept (link-change notices still find it)."""
+    from datetime import timedelta
+
+    from hub.settings import Settings
+    from hub.store.engine import make_engine
+    from hub.store.migrate import upgrade
+    from hub.store.outbox import prune_outbox
+    from hub.store.uow import utcnow
+
+    settings = Settings(**({"database_url": database_url} if database_url else {}))
+    engine = make_engine(settings.database)
+    try:
+        upgrade(engine)
+        dead = timedelta(days=dead_days) if dead_days is not None else None
+        pruned = prune_outbox(engine, utcnow(), timedelta(days=delivered_days), dead, batch)
+    finally:
+        engine.dispose()
+    click.echo(f"pruned {pruned.delivered} delivered row(s), {pruned.dead} dead row(s)")
 
 
 def _printable(payload: bytes) -> str:

@@ -1,4 +1,4 @@
-"""Delivery administration: the dead-letter queue, resend, replay (with a dry-run diff), skip.
+"""Delivery administration: the dead-letter queue, resend, replay (with a dry-run diff), skip, prune.
 
 Listings never carry payloads (patient data); a replay's dry run does, since showing what would be
 sent is its purpose — all of it needs the admin permission.
@@ -6,6 +6,7 @@ sent is its purpose — all of it needs the admin permission.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -14,7 +15,8 @@ from pydantic import BaseModel, Field
 from hub.access import Permission, requires
 from hub.delivery.outbox import RoutingUnitOfWork
 from hub.delivery.replay import rebuilder, replay, resend
-from hub.store.outbox import STATES
+from hub.store.outbox import STATES, prune_outbox
+from hub.store.uow import utcnow
 
 router = APIRouter(prefix="/api", dependencies=[Depends(requires(Permission.ADMIN))])
 
@@ -47,6 +49,18 @@ def list_outbox(
         counts = uow.outbox.counts()
     return {"counts": counts, "items": [r.listing() for r in rows],
             "next_after": rows[-1].id if len(rows) == limit else None}
+
+
+@router.post("/outbox/prune")
+def prune(
+    request: Request, delivered_older_than_days: float = Query(..., ge=0),
+    dead_older_than_days: float | None = Query(None, ge=0),
+) -> dict[str, object]:
+    """Delete rows delivered more than N days ago (and dead rows written more than M days ago, only
+    when asked), a batch per transaction; pending, sending and skipped rows stay. The counts deleted."""
+    dead = timedelta(days=dead_older_than_days) if dead_older_than_days is not None else None
+    pruned = prune_outbox(request.app.state.hub.engine, utcnow(), timedelta(days=delivered_older_than_days), dead)
+    return {"pruned": pruned.as_dict()}
 
 
 @router.get("/outbox/{outbox_id}")

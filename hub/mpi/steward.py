@@ -70,7 +70,7 @@ def link(uow: UnitOfWork, record: str, person_id: str, actor: str, at: datetime 
     uow.mpi.add_decision("pin", row.id, actor, at, person_id=target)
     uow.mpi.resolve_reviews([row.id], actor, at)
     _finish(batch)
-    return {"record": row.id, "person": target}
+    return notify_link_change(uow, "link", {"record": row.id, "person": target, "previous_person": current})
 
 
 def unlink(uow: UnitOfWork, record: str, actor: str, at: datetime | None = None) -> dict[str, Any]:
@@ -119,10 +119,13 @@ def not_match(uow: UnitOfWork, record_a: str, record_b: str, actor: str, at: dat
     uow.mpi.add_events([{"at": at, "actor": actor[:100], "action": "not_match", "record_id": a.id,
                          "model_version": current_model().version, "detail": {"other_record": b.id}}])
     uow.mpi.resolve_reviews([a.id, b.id], actor, at)
-    if _link_of(uow, a.id) == _link_of(uow, b.id):
-        uow.mpi.drop_pins([a.id])
-        link_patients(uow, [a], at, actor=actor, force=True)
-    return {"record": a.id, "other": b.id, "person": _link_of(uow, a.id), "other_person": _link_of(uow, b.id)}
+    shared = _link_of(uow, a.id)
+    if shared != _link_of(uow, b.id):
+        return {"record": a.id, "other": b.id, "person": shared, "other_person": _link_of(uow, b.id)}
+    uow.mpi.drop_pins([a.id])
+    link_patients(uow, [a], at, actor=actor, force=True)
+    result = {"record": a.id, "other": b.id, "person": _link_of(uow, a.id), "other_person": _link_of(uow, b.id)}
+    return notify_link_change(uow, "not_match", result | {"previous_person": shared})
 
 
 def _batch(uow: UnitOfWork, at: datetime, actor: str, persons: list[str], record_ids: list[str]) -> _Batch:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -23,6 +23,7 @@ from sqlalchemy import (
     Column,
     Connection,
     DateTime,
+    Engine,
     Float,
     ForeignKey,
     Index,
@@ -31,20 +32,20 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    delete,
     false,
     func,
     insert,
-    text,
     literal,
     or_,
     select,
+    text,
     update,
 )
 
-
 from hub.outbound import Outbound
 from hub.store.driver import insert_many, update_many
-from hub.store.tables import Id, messages, metadata, records
+from hub.store.tables import Id, messages, metadata, record_versions, records
 
 OPEN_STATES = ("pending", "sending")
 FINISHED_ORDER_STATUSES = frozenset({"revoked", "completed", "entered-in-error"})
@@ -472,13 +473,13 @@ class OutboxRepository:
 def _is_claimable(row: Any, now: datetime) -> bool:
     if row.state == "pending":
         due = row.next_attempt_at
-        return (due if due.tzinfo is not None else due.replace(tzinfo=timezone.utc)) <= now
+        return (due if due.tzinfo is not None else due.replace(tzinfo=UTC)) <= now
     return row.state == "sending" and row.lease_until is not None and _aware(row.lease_until) < now
 
 
 def _aware(value: datetime) -> datetime:
     """SQLite hands datetimes back naive (stored as UTC)."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _contiguous(candidates: Sequence[OutboxRow], locked: set[int], strict: bool) -> list[OutboxRow]:
@@ -497,3 +498,208 @@ def _contiguous(candidates: Sequence[OutboxRow], locked: set[int], strict: bool)
     return taken
 
 
+
+
+# --- who knows which patient (MPI link-change notices) ------------------------------------------
+
+KNOWN_STATES = ("pending", "sending", "delivered")
+"""Rows that tell a destination about a patient: delivered, or on their way. Dead and skipped rows
+never reached it (a reopened dead row goes out with the identifiers it was built with)."""
+KNOWN_BATCH = 500
+
+outbox_known = Table(
+    "outbox_known",
+    metadata,
+    Column("ordering_key", String(700), primary_key=True),
+    Column("destination", String(100), primary_key=True),
+    Column("last_at", DateTime(timezone=True), nullable=False),
+)
+"""What pruning keeps of the delivered rows it deletes: that the destination was sent something under
+this ordering key (a patient's `system|value`, or `msg:<message id>` for a strict-FIFO destination,
+whose ordering key is its own name). Link-change notices must still reach a destination that knows
+a patient after that patient's old rows are pruned."""
+
+Index("ix_outbox_known", outbox.c.ordering_key, outbox.c.destination, outbox.c.state)
+"""Which destinations were sent rows under a patient's key, in any state (ix_outbox_open holds only
+open rows): one index range per patient, the destinations and states read from the index."""
+
+
+def message_known_key(message_id: int) -> str:
+    """The `outbox_known` key of a strict destination's row: patient keys always hold a `|`, this never."""
+    return f"msg:{message_id}"
+
+
+def known_destinations(
+    conn: Connection, record_ids: Collection[str], destinations: Collection[str], strict: Collection[str] = ()
+) -> dict[str, set[str]]:
+    """Patient record id → which of `destinations` have been sent something about it (a row pending,
+    sending or delivered, or a delivered row since pruned).
+
+    Per-patient destinations are asked by the record's ordering key (`system|value`, `ix_outbox_known`).
+    A `strict` destination orders every row under its own name, so its rows are found by message
+    instead: the messages that wrote a version of the record or of a record about it (its encounters,
+    results …), then the destination's rows for those messages (`ix_outbox_message`). A message that
+    carried several patients (a CSV chunk) counts for each of them."""
+    ids = list(record_ids)
+    wanted = list(destinations)
+    if not ids or not wanted:
+        return {}
+    found: dict[str, set[str]] = {}
+    key_of = _patient_keys_of(conn, ids)
+    by_key: dict[str, list[str]] = {}
+    for record_id, key in key_of.items():
+        by_key.setdefault(key, []).append(record_id)
+    for key, destination in _known_pairs(conn, list(by_key), wanted):
+        for record_id in by_key[key]:
+            found.setdefault(record_id, set()).add(destination)
+    strict_wanted = [d for d in wanted if d in set(strict)]
+    if strict_wanted:
+        for record_id, destination in _known_by_message(conn, ids, strict_wanted):
+            found.setdefault(record_id, set()).add(destination)
+    return found
+
+
+def _patient_keys_of(conn: Connection, ids: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for start in range(0, len(ids), KNOWN_BATCH):
+        query = select(records.c.id, records.c.source_system, records.c.source_value).where(
+            records.c.id.in_(ids[start:start + KNOWN_BATCH]), records.c.kind == "patient"
+        )
+        out.update({r.id: f"{r.source_system}|{r.source_value}" for r in conn.execute(query)})
+    return out
+
+
+def _known_pairs(conn: Connection, keys: Sequence[str], destinations: Sequence[str]) -> set[tuple[str, str]]:
+    """(ordering key, destination) pairs among these, from live rows and from what pruning kept."""
+    pairs: set[tuple[str, str]] = set()
+    for start in range(0, len(keys), KNOWN_BATCH):
+        batch = keys[start:start + KNOWN_BATCH]
+        live = select(outbox.c.ordering_key, outbox.c.destination).where(
+            outbox.c.ordering_key.in_(batch), outbox.c.destination.in_(destinations),
+            outbox.c.state.in_(KNOWN_STATES),
+        ).distinct()
+        kept = select(outbox_known.c.ordering_key, outbox_known.c.destination).where(
+            outbox_known.c.ordering_key.in_(batch), outbox_known.c.destination.in_(destinations)
+        )
+        pairs.update((r[0], r[1]) for r in conn.execute(live))
+        pairs.update((r[0], r[1]) for r in conn.execute(kept))
+    return pairs
+
+
+def _known_by_message(conn: Connection, ids: Sequence[str], destinations: Sequence[str]) -> set[tuple[str, str]]:
+    """(patient record id, strict destination): rows of the messages that wrote about the patient
+    (a record's current version in `records`, the ones it replaced in `record_versions`)."""
+    owner = {record_id: record_id for record_id in ids}
+    about: dict[int, set[str]] = {}
+    for start in range(0, len(ids), KNOWN_BATCH):
+        batch = ids[start:start + KNOWN_BATCH]
+        query = select(records.c.id, records.c.patient_id, records.c.message_id).where(
+            or_(records.c.patient_id.in_(batch), records.c.id.in_(batch))
+        )
+        for record_id, patient_id, message_id in conn.execute(query):
+            mine = owner.setdefault(record_id, patient_id)
+            if message_id is not None:
+                about.setdefault(int(message_id), set()).add(mine)
+    written = list(owner)
+    for start in range(0, len(written), KNOWN_BATCH):
+        query = select(record_versions.c.record_id, record_versions.c.message_id).where(
+            record_versions.c.record_id.in_(written[start:start + KNOWN_BATCH]), record_versions.c.message_id.is_not(None)
+        )
+        for record_id, message_id in conn.execute(query):
+            about.setdefault(int(message_id), set()).add(owner[record_id])
+    pairs: set[tuple[str, str]] = set()
+    message_ids = list(about)
+    for start in range(0, len(message_ids), KNOWN_BATCH):
+        batch = message_ids[start:start + KNOWN_BATCH]
+        live = select(outbox.c.message_id, outbox.c.destination).where(
+            outbox.c.message_id.in_(batch), outbox.c.destination.in_(destinations),
+            outbox.c.ordering_key == outbox.c.destination, outbox.c.state.in_(KNOWN_STATES),
+        ).distinct()
+        kept = select(outbox_known.c.ordering_key, outbox_known.c.destination).where(
+            outbox_known.c.ordering_key.in_([message_known_key(m) for m in batch]),
+            outbox_known.c.destination.in_(destinations),
+        )
+        for message_id, destination in conn.execute(live):
+            pairs.update((record_id, destination) for record_id in about[int(message_id)])
+        for key, destination in conn.execute(kept):
+            pairs.update((record_id, destination) for record_id in about[int(key[4:])])
+    return pairs
+
+
+# --- pruning ---------------------------------------------------------------------------------------
+
+PRUNE_BATCH = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    delivered: int = 0
+    dead: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"delivered": self.delivered, "dead": self.dead}
+
+
+def prune_outbox(
+    engine: Engine, now: datetime, delivered_older_than: timedelta, dead_older_than: timedelta | None = None,
+    batch: int = PRUNE_BATCH,
+) -> Pruned:
+    """Delete delivered rows delivered before `now - delivered_older_than` and, only when asked, dead
+    rows written before `now - dead_older_than`, with their attempts; pending, sending and skipped
+    rows are never touched. One transaction per batch of `batch` rows, so delivery (which writes the
+    same table) never waits long. What a deleted delivered row told (destination × patient) is kept
+    in `outbox_known` for link-change notices."""
+    delivered = _prune_state(engine, "delivered", outbox.c.delivered_at, now - delivered_older_than, batch)
+    dead = 0
+    if dead_older_than is not None:
+        dead = _prune_state(engine, "dead", outbox.c.created_at, now - dead_older_than, batch)
+    return Pruned(delivered, dead)
+
+
+def _prune_state(engine: Engine, state: str, age: Any, cutoff: datetime, batch: int) -> int:
+    """Walk the state's rows in id order (`ix_outbox_state`) a batch at a time, deleting the old ones."""
+    total, after = 0, 0
+    while True:
+        with engine.begin() as conn:
+            scanned = conn.execute(
+                select(outbox.c.id, outbox.c.destination, outbox.c.ordering_key, outbox.c.message_id, age)
+                .where(outbox.c.state == state, outbox.c.id > after).order_by(outbox.c.id).limit(batch)
+            ).all()
+            if not scanned:
+                return total
+            after = scanned[-1].id
+            old = [r for r in scanned if r[4] is not None and _aware(r[4]) < cutoff]
+            if old:
+                if state == "delivered":
+                    _remember_known(conn, old)
+                ids = [r.id for r in old]
+                conn.execute(delete(outbox_attempts).where(outbox_attempts.c.outbox_id.in_(ids)))
+                # The state again: a row reopened since it was read stays.
+                total += conn.execute(delete(outbox).where(outbox.c.id.in_(ids), outbox.c.state == state)).rowcount
+        if len(scanned) < batch:
+            return total
+
+
+def _remember_known(conn: Connection, rows: Sequence[Any]) -> None:
+    latest: dict[tuple[str, str], datetime] = {}
+    for r in rows:
+        strict = r.ordering_key == r.destination
+        if strict and r.message_id is None:
+            continue  # a strict destination's notice: no patient to remember it by
+        key = message_known_key(r.message_id) if strict else r.ordering_key
+        when, pair = _aware(r[4]), (key, r.destination)
+        if pair not in latest or when > latest[pair]:
+            latest[pair] = when
+    if not latest:
+        return
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as upsert  # type: ignore[assignment]
+    values = [{"ordering_key": k, "destination": d, "last_at": at} for (k, d), at in sorted(latest.items())]
+    statement = upsert(outbox_known).values(values)
+    conn.execute(statement.on_conflict_do_update(
+        index_elements=[outbox_known.c.ordering_key, outbox_known.c.destination],
+        set_={"last_at": func.greatest(outbox_known.c.last_at, statement.excluded.last_at)
+              if conn.dialect.name == "postgresql" else func.max(outbox_known.c.last_at, statement.excluded.last_at)},
+    ))
