@@ -41,11 +41,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+FAMILY = ["Quillfeather", "Marrowby", "Tansley", "Brackwater", "Ostrander", "Velloway", "Pennick", "Harrowgate",
+          "Lindqvast", "Corvale", "Dunmere", "Ashcombe", "Felwick", "Rookley", "Stenhaven", "Wimberlow"]
+GIVEN = ["Maribel", "Orla", "Tessaly", "Junia", "Petrina", "Wren", "Calla", "Ysolde",
+         "Anselm", "Dorian", "Fenwick", "Jarek", "Lucan", "Oswin", "Tobiah", "Corwin"]
+
+
 def adt(n: int) -> bytes:
+    """ADT^A08 for invented patient n: names, birth date, address and phone vary with n (distinct people,
+    as a hospital's feed carries, so that matching does the work it does in production, not more)."""
+    family, given = FAMILY[n % 16] + FAMILY[n // 16 % 16].lower(), GIVEN[n // 256 % 16]
+    birth = f"{1930 + n % 80}{1 + n // 80 % 12:02d}{1 + n // 960 % 28:02d}"
     return (
         f"MSH|^~\\&|BENCH|NORTHWIND|HUB|HUB|20240101120000||ADT^A08^ADT_A01|BC{n:08d}|P|2.5.1\r"
         f"EVN|A08|20240101120000\r"
-        f"PID|1||BM{n:08d}^^^NORTHWIND^MR||Benchperson^Alma^^^^^L||19800402|F|||12 Elm St^^Springfield^IL^62701||(555)555-0123\r"
+        f"PID|1||BM{n:08d}^^^NORTHWIND^MR||{family}^{given}^^^^^L||{birth}|{'FM'[n % 2]}|||"
+        f"{n % 997 + 1} Elm St^^Springfield^IL^62701||(555)555-01{n % 100:02d}\r"
         f"PV1|1|I|W1^101^A\r"
     ).encode()
 

@@ -161,7 +161,8 @@ def _wire_delivery(hub: Hub, transports: TransportFactory | None, sweep_every: f
         from adapters.transport.delivery import make_transport
 
         transports = make_transport
-    engine = DeliveryEngine(partial(UnitOfWork, hub.engine), hub.destinations, transports)
+    blocking = hub.intake.on_writer if hub.engine.dialect.name == "sqlite" else asyncio.to_thread
+    engine = DeliveryEngine(partial(UnitOfWork, hub.engine, durable=False), hub.destinations, transports, blocking=blocking)
     hub.delivery = EmbeddedDelivery(engine, sweep_every=sweep_every)
     hub.routing.notify = hub.delivery.notify
 

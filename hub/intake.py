@@ -7,10 +7,14 @@ later match and route) in acceptance order. Under a burst, storing goes first, s
 path stays fast; processing takes the pauses between arrivals (in short slices while senders
 are active, in large batches once they are quiet) and takes turns with storing once the backlog
 passes `max_backlog` (backpressure: ACKs slow down rather than the backlog growing without end).
-With `max_lag` set (HUB_PROCESSING_MAX_LAG), it also takes turns when arrivals leave no pause and it
-has been behind that long, so that a steady stream is routed while it lasts, not when it stops. The
-price is ACK throughput under saturation (measured: about a third less accepted msg/s), which is
-why it is off by default.
+A stream processing can keep up with (the last second's arrivals cost less than `keep_up_share` of the
+writer at processing's measured cost per message) is routed while it lasts: each store batch is then
+stored and processed in one transaction (`store_and_process`), taking with it a turn of pending
+messages worth about `turn_budget` seconds, so one disk flush serves both and the ACK waits for one
+turn at most. Only a burst beyond what processing can follow leaves processing to the pauses, so that
+ACKs go as fast as the disk allows; its backlog drains once the burst ends. With `max_lag` set
+(HUB_PROCESSING_MAX_LAG), processing also takes turns during such a burst once it has been behind that
+long, at most `lag_share` of the writer (measured: about a third fewer accepted msg/s): opt-in.
 
 A batch holding messages whose door waits for the result (FHIR writes: the answer carries the new
 resource) is stored and processed in one transaction (`store_and_process`), and those doors wait on
@@ -28,9 +32,10 @@ import heapq
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from hub.messages import InboundMessage, Outcome, Status
 from hub.pipeline import (
@@ -42,9 +47,12 @@ from hub.pipeline import (
 )
 
 log = logging.getLogger("hub.intake")
+T = TypeVar("T")
 
 MAX_BATCH = 500
 MAX_READ_AHEAD = 5_000
+LEARN_FROM = 10
+"""Slices of at least this many messages teach the intake processing's cost per message."""
 """Stored messages kept decoded in memory for processing; beyond, processing decodes their bytes again."""
 
 
@@ -56,6 +64,27 @@ class StillProcessing(Exception):
         self.message_id = message_id
 
 
+class ArrivalRate:
+    """Messages stored over the last `window` seconds."""
+
+    def __init__(self, window: float = 1.0) -> None:
+        self._window = window
+        self._stored: deque[tuple[float, int]] = deque()
+        self._count = 0
+
+    def add(self, count: int) -> None:
+        now = time.monotonic()
+        self._stored.append((now, count))
+        self._count += count
+        while self._stored[0][0] < now - self._window:
+            self._count -= self._stored.popleft()[1]
+
+    def per_second(self) -> float:
+        while self._stored and self._stored[0][0] < time.monotonic() - self._window:
+            self._count -= self._stored.popleft()[1]
+        return self._count / self._window
+
+
 class Intake:
     def __init__(
         self,
@@ -63,8 +92,10 @@ class Intake:
         readers: Mapping[str, Reader],
         *,
         process_batch: int = 200,
-        busy_process_batch: int = 10,
         busy_max_events: int = 200,
+        turn_budget: float = 0.02,
+        keep_up_share: float = 0.8,
+        probe_every: float = 1.0,
         max_backlog: int = 50_000,
         max_lag: float | None = None,
         lag_share: float = 0.3,
@@ -76,8 +107,14 @@ class Intake:
         self._uow_factory = uow_factory
         self._readers = readers
         self._process_batch = process_batch
-        self._busy_process_batch = busy_process_batch
         self._busy_max_events = busy_max_events
+        self._turn_budget = turn_budget
+        self._keep_up_share = keep_up_share
+        self._probe_every = probe_every
+        self._arrivals = ArrivalRate()
+        self._seconds_per_message = 0.0025
+        self._last_slice = 0.0
+        """Processing's recent cost per message (moving average): turns are sized in time, not in messages."""
         self._last_store = 0.0
         self._max_backlog = max_backlog
         self._max_lag = max_lag
@@ -118,6 +155,11 @@ class Intake:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         await self._queue.put((message, future))
         return await future
+
+    async def on_writer(self, call: Callable[..., T], *args: Any) -> T:
+        """Run a blocking call on the writer thread, between storing and processing slices (one
+        SQLite writer: other writes queue here rather than wait on the database's lock)."""
+        return await asyncio.get_running_loop().run_in_executor(self._writer, call, *args)
 
     async def drain(self) -> None:
         """Wait until everything stored so far has been processed (CLI ingestion, tests)."""
@@ -201,7 +243,7 @@ class Intake:
                 # A pause in arrivals is the moment to process, not before; while senders are
                 # active the pause must be longer, so that processing never slows their ACKs.
                 busy = time.monotonic() - self._last_store < 0.5
-                pause = self._idle_when_busy if busy else self._idle_before_processing
+                pause = self._idle_when_busy if busy and not self._keeping_up() else self._idle_before_processing
                 try:
                     first = await asyncio.wait_for(self._queue.get(), pause)
                 except TimeoutError:
@@ -228,6 +270,7 @@ class Intake:
             else:
                 outcomes = await loop.run_in_executor(self._writer, store_batch, self._uow_factory, batch)
             self._last_store = time.monotonic()
+            self._arrivals.add(len(batch))
             stored = [o.message_id for o in outcomes if o.message_id is not None]
             if stored:
                 with self._watermark:
@@ -255,13 +298,38 @@ class Intake:
             for (_, future), outcome in zip(items, outcomes, strict=True):
                 if not future.done():
                     future.set_result(outcome)
-            if self.backlog > self._max_backlog:
-                await self._process(loop)
+            behind = self._behind_since is not None
+            if self.backlog > self._max_backlog or (behind and (self._keeping_up() or self._due_probe())):
+                await self._process(loop)  # backpressure, or a turn (processing follows the stream)
             elif self._lagging():  # a turn between two store batches: a few messages, not a slice
                 started = time.monotonic()
                 await self._process(loop, self._lag_batch)
                 spent = time.monotonic() - started
                 self._next_turn = time.monotonic() + spent * (1 - self._lag_share) / self._lag_share
+
+    def _keeping_up(self) -> bool:
+        """Processing can follow the arrivals of the last second (else storing goes first: a burst)."""
+        return self._arrivals.per_second() * self._seconds_per_message < self._keep_up_share
+
+    def _turn(self) -> int:
+        """Messages that make one turn of about `turn_budget` seconds at processing's recent cost."""
+        return max(1, min(self._process_batch, int(self._turn_budget / self._seconds_per_message)))
+
+    def _took(self, seconds: float, before: int, last: int | None) -> None:
+        """Learn processing's cost per message from slices large enough for the transaction's fixed
+        cost (the flush, a dozen statements: ~4 ms) not to count: the small slices of a slow stream
+        amortise it over bigger batches as the stream speeds up (group commit), so only the cost per
+        message decides whether processing can follow. (Message ids are consecutive: the ids passed
+        approximate the messages processed.)"""
+        self._last_slice = time.monotonic()
+        processed = 0 if last is None else min(last - before, self._process_batch)
+        if processed >= LEARN_FROM:
+            self._seconds_per_message += 0.2 * (seconds / processed - self._seconds_per_message)
+
+    def _due_probe(self) -> bool:
+        """During a burst, one turn a second: the backlog moves, and the cost per message stays measured
+        (a cold start's slow first slices would otherwise keep the intake from ever trying again)."""
+        return time.monotonic() - self._last_slice > self._probe_every
 
     def _lagging(self) -> bool:
         """Processing has been behind for `max_lag` and its last turn has been paid for (see `lag_share`)."""
@@ -273,11 +341,12 @@ class Intake:
     async def _process(self, loop: asyncio.AbstractEventLoop, limit: int | None = None) -> None:
         # While senders are active, process in slices short enough not to hold their ACKs back.
         busy = time.monotonic() - self._last_store < 0.5
-        limit = limit or (self._busy_process_batch if busy else self._process_batch)
+        limit = limit or (self._turn() if busy else self._process_batch)
         if self._waiters:  # doors wait for these (FHIR): take every awaited message in this slice
             awaited = max(message_id for message_id, _, _ in self._waiters)
             limit = max(limit, min(self._process_batch, awaited - self._processed_upto))
         max_events = self._busy_max_events if busy and not self._waiters else None
+        started, before = time.monotonic(), self._processed_upto
         try:
             last = await loop.run_in_executor(
                 self._writer, process_pending, self._uow_factory, self._readers, limit, self._results, self._read,
@@ -287,6 +356,7 @@ class Intake:
             log.error("processing failed (%s)", type(exc).__name__)
             await asyncio.sleep(1)
             return
+        self._took(time.monotonic() - started, before, last)
         oldest = await loop.run_in_executor(self._writer, self._oldest_pending) if last is None else None
         if oldest is not None:
             # Another process holds the processing lock: not drained, but everything before its oldest

@@ -64,11 +64,11 @@ def context_from_settings() -> WorkerContext:
     from hub.store.engine import make_engine
 
     settings = Settings()
-    engine = make_engine(settings.database)
+    delivery_bookkeeping = partial(UnitOfWork, make_engine(settings.database), durable=False)
     if not settings.routes.exists():
-        return WorkerContext(partial(UnitOfWork, engine), dict, make_transport)
+        return WorkerContext(delivery_bookkeeping, dict, make_transport)
     # Followed: when `hub routes reload` gives the hub new destinations, the workers see them too.
-    return WorkerContext(partial(UnitOfWork, engine), FollowedDestinations(settings.routes), make_transport)
+    return WorkerContext(delivery_bookkeeping, FollowedDestinations(settings.routes), make_transport)
 
 
 class _State:

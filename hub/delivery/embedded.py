@@ -84,10 +84,12 @@ class EmbeddedDelivery:
                 event.set()
 
     async def _drain(self, name: str) -> None:
-        """Rounds until nothing is claimable; stopping ends it between rounds."""
+        """Rounds while a claim stopped at a limit or rows were released unsent (due rows remain);
+        stopping ends it between rounds. A round that took everything due ends it without one more
+        (empty) claim: rows committed since come with their own nudge, retries with the sweep."""
         while not self._stopping:
             result = await self.engine.deliver_round(name)
-            if result.claimed == 0:
+            if result.claimed == 0 or not (result.limited or result.released):
                 return
 
     async def _sweep(self) -> None:

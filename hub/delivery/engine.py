@@ -20,10 +20,10 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from hub.outbound import DeliveryAnswer, Destination, Outbound, RetryPolicy
 from hub.store.outbox import Attempt, OutboxRow, Settled
@@ -47,6 +47,8 @@ class Transport(Protocol):
 
 TransportFactory = Callable[[Destination], Transport]
 Destinations = Callable[[], Mapping[str, Destination]]
+Blocking = Callable[..., Awaitable[Any]]
+"""Runs a blocking call (a database transaction) off the event loop: `asyncio.to_thread`'s signature."""
 """The destinations as currently configured (routes can be reloaded)."""
 
 
@@ -64,6 +66,8 @@ class RoundResult:
     failed: int = 0
     dead: int = 0
     released: int = 0
+    limited: int = 0
+    """Rounds whose claim stopped at a limit (`heads` keys, or a key's `run`): due rows may remain."""
 
 
 @dataclass
@@ -88,7 +92,13 @@ class DeliveryEngine:
         run: int = 20,
         rng: Callable[[], float] = random.random,
         worker: str | None = None,
+        blocking: Blocking = asyncio.to_thread,
     ) -> None:
+        """`blocking` runs the claim and settle transactions off the event loop: a thread of its own by
+        default; in `hub serve` on SQLite, the intake's writer thread, so that delivery's writes queue
+        behind processing's instead of sleeping in SQLite's busy handler (which backs off 25–100 ms)
+        while processing holds the database's one write lock."""
+        self._blocking = blocking
         self._uow_factory = uow_factory
         self._destinations = destinations
         self._make_transport = transports
@@ -118,7 +128,7 @@ class DeliveryEngine:
             return RoundResult()  # rows for a destination no longer configured wait for it to come back
         per_send = destination.connect_timeout + destination.timeout
         lease = timedelta(seconds=2 * per_send + LEASE_MARGIN)
-        rows = await asyncio.to_thread(self._claim, destination, lease)
+        rows = await self._blocking(self._claim, destination, lease)
         if not rows:
             return RoundResult()
         # A row started before the deadline is answered (or timed out) before its lease ends.
@@ -128,9 +138,11 @@ class DeliveryEngine:
         groups: dict[str, list[OutboxRow]] = {}
         for row in rows:
             groups.setdefault("" if destination.ordering == "strict" else row.ordering_key, []).append(row)
+        if len(groups) >= self._heads or any(len(group) >= self._run for group in groups.values()):
+            state.result.limited = 1
         limit = asyncio.Semaphore(1 if destination.ordering == "strict" else max(1, destination.connections))
         await asyncio.gather(*(self._send_run(transport, group, state, limit) for group in groups.values()))
-        await asyncio.to_thread(self._settle, state)
+        await self._blocking(self._settle, state)
         return state.result
 
     async def close(self) -> None:

@@ -283,14 +283,26 @@ def _columns(row: RecordRow) -> dict[str, Any]:
 
 
 class UnitOfWork:
-    """`with UnitOfWork(engine) as uow: …; uow.commit()` — anything not committed is rolled back."""
+    """`with UnitOfWork(engine) as uow: …; uow.commit()` — anything not committed is rolled back.
 
-    def __init__(self, engine: Engine) -> None:
+    `durable=False` is for bookkeeping that can be redone: delivery's claims and answers. Its commits
+    do not wait for the disk (SQLite WAL `synchronous=NORMAL`, PostgreSQL `synchronous_commit=off`):
+    a process killed at any point loses none of them; only an operating-system crash or power loss
+    can undo the last few, and then their rows are sent again under the same idempotency keys (at
+    least once, as after any crash). Stored messages, records, links and outbox rows are always
+    written durably: the next durable commit flushes these too, in order."""
+
+    def __init__(self, engine: Engine, durable: bool = True) -> None:
         self.engine = engine
+        self.durable = durable
 
     def __enter__(self) -> UnitOfWork:
         self.conn = self.engine.connect()
         self.tx = self.conn.begin()
+        if not self.durable and self.conn.dialect.name == "sqlite":  # the driver's BEGIN comes with the first write
+            self.conn.connection.driver_connection.execute("PRAGMA synchronous=NORMAL")
+        if not self.durable and self.conn.dialect.name == "postgresql":
+            self.conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
         self.messages = MessageRepository(self.conn)
         self.records = RecordRepository(self.conn)
         self.outbox = OutboxRepository(self.conn)
@@ -303,6 +315,8 @@ class UnitOfWork:
         try:
             if self.tx.is_active:
                 self.tx.rollback()
+            if not self.durable and self.conn.dialect.name == "sqlite":
+                self.conn.connection.driver_connection.execute("PRAGMA synchronous=FULL")  # pooled: as it was
         finally:
             self.conn.close()
 
