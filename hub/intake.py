@@ -2,19 +2,21 @@
 
 Listeners await `Intake.accept(message)`. One task drains whatever arrived while the previous
 batch was committing and stores it in one transaction (one disk flush), then answers every
-sender in it. When no sender is waiting, the same task processes stored messages (map, and
-later match and route) in acceptance order. Under a burst, storing goes first, so the ACK
-path stays fast; processing takes the pauses between arrivals (in short slices while senders
-are active, in large batches once they are quiet) and takes turns with storing once the backlog
-passes `max_backlog` (backpressure: ACKs slow down rather than the backlog growing without end).
-A stream processing can keep up with (the last second's arrivals cost less than `keep_up_share` of the
-writer at processing's measured cost per message) is routed while it lasts: each store batch is then
-stored and processed in one transaction (`store_and_process`), taking with it a turn of pending
-messages worth about `turn_budget` seconds, so one disk flush serves both and the ACK waits for one
-turn at most. Only a burst beyond what processing can follow leaves processing to the pauses, so that
-ACKs go as fast as the disk allows; its backlog drains once the burst ends. With `max_lag` set
-(HUB_PROCESSING_MAX_LAG), processing also takes turns during such a burst once it has been behind that
-long, at most `lag_share` of the writer (measured: about a third fewer accepted msg/s): opt-in.
+sender in it. The same task processes stored messages (map, match, route) in acceptance order,
+in turns of about `turn_budget` seconds of work (sized by processing's measured cost per message),
+and which goes first depends on the senders:
+- A stream (senders send when they have something, and wait for nothing but the ACK of the last
+  message): after each store batch, processing takes a turn while it is behind, so routing follows
+  arrivals within a turn or two and no ACK waits more than one turn.
+- A burst (senders backlogged: most messages arrive within `eager_gap` of the same sender's previous
+  ACK, so a faster ACK is their throughput): storing goes first, as fast as the disk allows, and
+  processing takes the pauses between arrivals, plus one turn a second (`probe_every`) so that the
+  backlog moves; it drains once the burst ends. Past `max_backlog`, turns with every store batch
+  (backpressure: ACKs slow down rather than the backlog growing without end). With `max_lag` set
+  (HUB_PROCESSING_MAX_LAG), a burst behind by that long also gets turns, at most `lag_share` of the
+  writer (measured: about a third fewer accepted msg/s): opt-in.
+Telling the two apart by the senders, not by the arrival rate, matters: a backlogged sender slows down
+to whatever the hub gives it, so turns taken during a burst would look like a stream that keeps up.
 
 A batch holding messages whose door waits for the result (FHIR writes: the answer carries the new
 resource) is stored and processed in one transaction (`store_and_process`), and those doors wait on
@@ -32,7 +34,7 @@ import heapq
 import logging
 import threading
 import time
-from collections import deque
+import weakref
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -64,25 +66,27 @@ class StillProcessing(Exception):
         self.message_id = message_id
 
 
-class ArrivalRate:
-    """Messages stored over the last `window` seconds."""
+class Senders:
+    """Whether the senders are backlogged: a sender (a connection's task) that sends its next message
+    within `eager_gap` of its previous ACK had it waiting. A moving share over recent arrivals."""
 
-    def __init__(self, window: float = 1.0) -> None:
-        self._window = window
-        self._stored: deque[tuple[float, int]] = deque()
-        self._count = 0
+    def __init__(self, eager_gap: float, weight: float = 0.1) -> None:
+        self._eager_gap = eager_gap
+        self._weight = weight
+        self._answered: weakref.WeakKeyDictionary[asyncio.Task[Any], float] = weakref.WeakKeyDictionary()
+        self.eager_share = 0.0
 
-    def add(self, count: int) -> None:
-        now = time.monotonic()
-        self._stored.append((now, count))
-        self._count += count
-        while self._stored[0][0] < now - self._window:
-            self._count -= self._stored.popleft()[1]
+    def arrived(self) -> None:
+        task = asyncio.current_task()
+        answered = self._answered.get(task) if task is not None else None
+        if answered is not None:  # a sender's first message (or an HTTP request) says nothing
+            eager = time.monotonic() - answered < self._eager_gap
+            self.eager_share += self._weight * (eager - self.eager_share)
 
-    def per_second(self) -> float:
-        while self._stored and self._stored[0][0] < time.monotonic() - self._window:
-            self._count -= self._stored.popleft()[1]
-        return self._count / self._window
+    def answered(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._answered[task] = time.monotonic()
 
 
 class Intake:
@@ -94,7 +98,7 @@ class Intake:
         process_batch: int = 200,
         busy_max_events: int = 200,
         turn_budget: float = 0.02,
-        keep_up_share: float = 0.8,
+        eager_gap: float = 0.003,
         probe_every: float = 1.0,
         max_backlog: int = 50_000,
         max_lag: float | None = None,
@@ -109,9 +113,8 @@ class Intake:
         self._process_batch = process_batch
         self._busy_max_events = busy_max_events
         self._turn_budget = turn_budget
-        self._keep_up_share = keep_up_share
+        self._senders = Senders(eager_gap)
         self._probe_every = probe_every
-        self._arrivals = ArrivalRate()
         self._seconds_per_message = 0.0025
         self._last_slice = 0.0
         """Processing's recent cost per message (moving average): turns are sized in time, not in messages."""
@@ -153,8 +156,12 @@ class Intake:
 
     async def accept(self, message: InboundMessage) -> Outcome:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._senders.arrived()
         await self._queue.put((message, future))
-        return await future
+        try:
+            return await future
+        finally:
+            self._senders.answered()
 
     async def on_writer(self, call: Callable[..., T], *args: Any) -> T:
         """Run a blocking call on the writer thread, between storing and processing slices (one
@@ -243,7 +250,7 @@ class Intake:
                 # A pause in arrivals is the moment to process, not before; while senders are
                 # active the pause must be longer, so that processing never slows their ACKs.
                 busy = time.monotonic() - self._last_store < 0.5
-                pause = self._idle_when_busy if busy and not self._keeping_up() else self._idle_before_processing
+                pause = self._idle_when_busy if busy and self._burst() else self._idle_before_processing
                 try:
                     first = await asyncio.wait_for(self._queue.get(), pause)
                 except TimeoutError:
@@ -270,7 +277,6 @@ class Intake:
             else:
                 outcomes = await loop.run_in_executor(self._writer, store_batch, self._uow_factory, batch)
             self._last_store = time.monotonic()
-            self._arrivals.add(len(batch))
             stored = [o.message_id for o in outcomes if o.message_id is not None]
             if stored:
                 with self._watermark:
@@ -299,17 +305,17 @@ class Intake:
                 if not future.done():
                     future.set_result(outcome)
             behind = self._behind_since is not None
-            if self.backlog > self._max_backlog or (behind and (self._keeping_up() or self._due_probe())):
-                await self._process(loop)  # backpressure, or a turn (processing follows the stream)
+            if self.backlog > self._max_backlog or (behind and (not self._burst() or self._due_probe())):
+                await self._process(loop)  # backpressure, a stream's turn, or a burst's probe turn
             elif self._lagging():  # a turn between two store batches: a few messages, not a slice
                 started = time.monotonic()
                 await self._process(loop, self._lag_batch)
                 spent = time.monotonic() - started
                 self._next_turn = time.monotonic() + spent * (1 - self._lag_share) / self._lag_share
 
-    def _keeping_up(self) -> bool:
-        """Processing can follow the arrivals of the last second (else storing goes first: a burst)."""
-        return self._arrivals.per_second() * self._seconds_per_message < self._keep_up_share
+    def _burst(self) -> bool:
+        """Most recent arrivals were waiting at their sender: storing goes first."""
+        return self._senders.eager_share > 0.5
 
     def _turn(self) -> int:
         """Messages that make one turn of about `turn_budget` seconds at processing's recent cost."""
