@@ -18,7 +18,7 @@ from hub.delivery.outbox import route_events
 from hub.messages import InboundMessage, Outcome, Status
 from hub.mpi.service import link_batch
 from hub.recordset import RecordSet, event_records
-from hub.store.uow import NewMessage, PendingMessage, UnitOfWork, utcnow
+from hub.store.uow import NewMessage, PendingMessage, SourceKey, UnitOfWork, utcnow
 from hub.writes import SharedWrites, apply_requests
 
 log = logging.getLogger("hub.pipeline")
@@ -200,9 +200,10 @@ def process_events(uow: UnitOfWork, items: Sequence[tuple[int, InboundMessage]])
     run: list[tuple[int, InboundMessage]] = []
     results: dict[int, Any] = {}
     shared: SharedWrites | None = None
+    written: dict[SourceKey, str] = {}
     for n, (message_id, inbound) in enumerate(items):
         if is_rest(inbound):
-            _process_upserts(uow, run)
+            written |= _process_upserts(uow, run)
             run = []
             if shared is None:
                 shared = SharedWrites(uow)
@@ -220,9 +221,9 @@ def process_events(uow: UnitOfWork, items: Sequence[tuple[int, InboundMessage]])
             run.append((message_id, inbound))
     if shared is not None:
         shared.close()
-    _process_upserts(uow, run)
+    written |= _process_upserts(uow, run)
     uow.messages.set_results({i: _stored_result(r) for i, r in results.items()})
-    route_events(uow, items)  # outbox rows, in this transaction (nothing without routes)
+    route_events(uow, items, written)  # outbox rows, in this transaction (nothing without routes)
     return results
 
 
@@ -235,9 +236,11 @@ def _stored_result(result: Any) -> Any:
     return result
 
 
-def _process_upserts(uow: UnitOfWork, items: Sequence[tuple[int, InboundMessage]]) -> None:
+def _process_upserts(uow: UnitOfWork, items: Sequence[tuple[int, InboundMessage]]) -> dict[SourceKey, str]:
+    """Write the records of these events and link their patients; returns the record id of every
+    source key the events named (routing addresses the patients by them, without looking them up)."""
     if not items:
-        return
+        return {}
     events = [(message_id, n, inbound.feed, event) for message_id, inbound in items for n, event in enumerate(inbound.events)]
     keys = [key for message_id, n, _, event in events for key, _ in event_records(event, f"{message_id}.{n}")]
     record_set = RecordSet(uow.records, keys)
@@ -247,3 +250,4 @@ def _process_upserts(uow: UnitOfWork, items: Sequence[tuple[int, InboundMessage]
     changes = record_set.changes()
     uow.records.write(changes)
     link_batch(uow, changes, [(message_id, event) for message_id, _, _, event in events], at)
+    return {key: row.id for key, row in record_set.rows.items()}

@@ -61,13 +61,17 @@ class RoutingUnitOfWork(UnitOfWork):
         touched.clear()
 
 
-def route_events(uow: UnitOfWork, items: Sequence[tuple[int, InboundMessage]]) -> int:
-    """Write the outbound rows for every event of these processed messages; returns how many."""
+def route_events(
+    uow: UnitOfWork, items: Sequence[tuple[int, InboundMessage]], written: Mapping[SourceKey, str] | None = None
+) -> int:
+    """Write the outbound rows for every event of these processed messages; returns how many.
+    `written`: record ids processing already knows by source key (the rest are looked up)."""
     routing: Routing | None = getattr(uow, "routing", None)
     planner = routing.planner if routing is not None else None
     if planner is None or not items:
         return 0
-    rows = [(e.message_id, e.event_index, o) for e in routed_events(uow, items) for o in plan_event(planner, e)]
+    events = routed_events(uow, items, written)
+    rows = [(e.message_id, e.event_index, o) for e in events for o in plan_event(planner, e)]
     uow.outbox.add(rows, utcnow())
     return len(rows)
 
@@ -91,13 +95,22 @@ def plan_event(planner: Planner, event: RoutedEvent) -> list[Outbound]:
         )]
 
 
-def routed_events(uow: UnitOfWork, items: Sequence[tuple[int, InboundMessage]]) -> list[RoutedEvent]:
+def routed_events(
+    uow: UnitOfWork, items: Sequence[tuple[int, InboundMessage]], written: Mapping[SourceKey, str] | None = None
+) -> list[RoutedEvent]:
     """The events as routes see them, with the patient's record id, whether the patient has open
-    orders, and when the message was accepted (one look-up each for the whole batch)."""
+    orders (only when a route asks: `has_open_orders` stays None otherwise), and when the message was
+    accepted (one look-up each for the whole batch)."""
     keyed = list(_patient_keys(items))
-    record_ids = uow.records.ids_by_sources({key for *_, key in keyed})
+    written = written or {}
+    record_ids = {key: written[key] for *_, key in keyed if key in written}
+    missing = {key for *_, key in keyed if key not in written}
+    if missing:
+        record_ids |= uow.records.ids_by_sources(missing)
     persons = enterprise_ids(uow, list(record_ids.values()))
-    ordering = uow.outbox.with_open_orders(list(record_ids.values()))
+    table = getattr(getattr(uow, "routing", None), "table", None)
+    asks = table is None or table.reads_open_orders()  # a bare planner (tests): always
+    ordering = uow.outbox.with_open_orders(list(record_ids.values())) if asks else None
     accepted = uow.outbox.accepted_at([message_id for message_id, _ in items])
     events = []
     for message_id, n, inbound, key in keyed:
@@ -108,7 +121,7 @@ def routed_events(uow: UnitOfWork, items: Sequence[tuple[int, InboundMessage]]) 
             event=inbound.events[n], patient_key=f"{key[1]}|{key[2]}", patient_record_id=record_id,
             enterprise_id=person[0] if person else None, identifiers=person[1] if person else (),
             facility=_facility(inbound), accepted_at=accepted.get(message_id),
-            has_open_orders=record_id in ordering if record_id else None,
+            has_open_orders=record_id in ordering if record_id and ordering is not None else None,
         ))
     return events
 

@@ -310,7 +310,8 @@ def _route(
             _check_profile(marked, (*path,), spec.profile, dest.format, dest.options, profiles)
     if len(marked.problems) > before:
         return None
-    return Route(spec.name, targets, tuple(conditions), spec.profile, marked.line(path))
+    reads_open_orders = isinstance(spec.when, dict) and "has_open_orders" in spec.when
+    return Route(spec.name, targets, tuple(conditions), spec.profile, marked.line(path), reads_open_orders)
 
 
 # --- the file -------------------------------------------------------------------------------

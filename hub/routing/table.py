@@ -75,6 +75,8 @@ class Route:
     profile: str | None = None
     """Overrides the destinations' own profile for this route's messages."""
     line: int = 0
+    reads_open_orders: bool = False
+    """Its conditions read `RoutedEvent.has_open_orders` (a query per batch: asked for only then)."""
 
     def matches(self, event: RoutedEvent) -> bool:
         return all(condition(event) for condition in self.conditions)
@@ -86,6 +88,9 @@ class RouteTable:
     routes: list[Route]
     profiles: Mapping[str, Profile]
     source: Path | None = None
+
+    def reads_open_orders(self) -> bool:
+        return any(route.reads_open_orders for route in self.routes)
 
     def plan(self, event: RoutedEvent) -> list[Outbound]:
         """The outbound messages for one processed event, built now from this event's data.

@@ -32,6 +32,7 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    bindparam,
     delete,
     false,
     func,
@@ -206,6 +207,9 @@ def _claimable(now: datetime) -> Any:
     )
 
 
+_ACCEPTED_AT = select(messages.c.id, messages.c.received_at).where(messages.c.id.in_(bindparam("ids", expanding=True)))
+
+
 class OutboxRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -263,8 +267,7 @@ class OutboxRepository:
         ids = list(message_ids)
         found: dict[int, datetime] = {}
         for start in range(0, len(ids), 500):
-            query = select(messages.c.id, messages.c.received_at).where(messages.c.id.in_(ids[start:start + 500]))
-            found.update({r.id: _aware(r.received_at) for r in self.conn.execute(query)})
+            found.update({r.id: _aware(r.received_at) for r in self.conn.execute(_ACCEPTED_AT, {"ids": ids[start:start + 500]})})
         return found
 
     def with_open_orders(self, patient_record_ids: Collection[str]) -> set[str]:

@@ -430,3 +430,13 @@ def test_routes_check_command_lists_problems_and_exits_2(tmp_path: Path) -> None
         f"{path}:2: `port`: Input should be greater than or equal to 1",
         f"{path}:8: route orders-to-lab sends to unknown destination `pharmacy`",
     ]
+
+
+def test_open_orders_are_looked_up_only_when_a_route_asks() -> None:
+    """Processing runs the open-orders query for a batch only if some route's condition reads it."""
+    text = "destinations:\n  lab: {transport: mllp, host: 127.0.0.1, port: 6662, profile: lab}\nroutes:\n"
+    plain = parse_routes(text + "  - {name: orders, when: {message_type: ORM}, to: [lab]}\n", Path("routes.yaml"))
+    asking = parse_routes(text + "  - {name: demographics, when: {message_type: ADT, has_open_orders: true}, to: [lab]}\n",
+                          Path("routes.yaml"))
+    assert not plain.reads_open_orders()
+    assert asking.reads_open_orders()
