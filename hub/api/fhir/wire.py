@@ -60,8 +60,9 @@ def negotiate(request: Request) -> str | None:
     return None
 
 
-def acceptable(request: Request) -> None:
-    """Router dependency: 406 (an OperationOutcome in JSON, see hub.api.app) before any work is done."""
+async def acceptable(request: Request) -> None:
+    """Router dependency: 406 (an OperationOutcome in JSON, see hub.api.app) before any work is done.
+    Async on purpose: FastAPI runs a plain `def` dependency on its thread pool, a thread hop per request."""
     if negotiate(request) is None:
         raise HTTPException(406, "not acceptable")
 
