@@ -21,15 +21,12 @@ import click
 from sqlalchemy import Connection, Engine, delete, select
 
 from hub.model import MODELS_BY_KIND
-from hub.records import record_index_entries
+from hub.records import IndexRow, index_rows
 from hub.settings import Settings
 from hub.store.driver import insert_many
 from hub.store.tables import record_index, records
 from hub.store.uow import RecordRow
 from mappings.fhir.resources import from_fhir
-
-IndexRow = tuple[str, str, str, str]
-"""(record_id, param, value, kind): a `record_index` row."""
 
 
 @dataclass
@@ -45,16 +42,13 @@ class Counts:
                 f"{self.busy} busy, {self.unreadable} unreadable")
 
 
-def index_rows(row: RecordRow) -> set[IndexRow]:
-    """The index rows processing would write for this record as stored (hub/recordset.py `_reindex`
-    and `changes`). Raises (ValueError, pydantic's ValidationError …) for data no model reads."""
+def stored_index_rows(row: RecordRow) -> set[IndexRow]:
+    """The index rows processing would write for this record as stored. Raises (ValueError,
+    pydantic's ValidationError …) for data no model reads."""
     record = MODELS_BY_KIND[row.kind].model_validate(row.data)
-    entries = list(record_index_entries(record))
-    if row.resource is not None and row.kind != "patient":
-        entries += from_fhir(row.resource)[1]  # identifiers, categories: what the FHIR door adds
-    if row.patient_id:
-        entries.append(("patient", row.patient_id))
-    return {(row.id, param, value[:300], row.kind) for param, value in entries if value}
+    # What the FHIR door adds beside the canonical entries: identifiers, categories.
+    extra = from_fhir(row.resource)[1] if row.resource is not None and row.kind != "patient" else []
+    return set(index_rows(row.id, row.kind, record, extra, row.patient_id))
 
 
 def reindex(engine: Engine, batch_size: int = 1000) -> Counts:
@@ -90,7 +84,7 @@ def _reindex_batch(conn: Connection, ids: list[str], counts: Counts) -> None:
     wanted: dict[str, set[IndexRow]] = {}
     for r in locked:
         try:
-            wanted[r.id] = index_rows(RecordRow(**r._mapping))
+            wanted[r.id] = stored_index_rows(RecordRow(**r._mapping))
         except Exception:  # noqa: BLE001 — one unreadable record must not stop the run; its rows stay
             counts.unreadable += 1
     stored: dict[str, set[IndexRow]] = {record_id: set() for record_id in wanted}

@@ -7,7 +7,7 @@ import re
 import time
 import unicodedata
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from functools import lru_cache
 
@@ -207,3 +207,21 @@ def record_index_entries(record: Canonical) -> Iterator[tuple[str, str]]:
     elif isinstance(record, Account):
         yield from identifier_index(record.account_number)
         yield "status", record.status
+
+
+IndexRow = tuple[str, str, str, str]
+"""(record_id, param, value, kind): a `record_index` row."""
+INDEX_VALUE_MAX = 300
+
+
+def index_rows(
+    record_id: str, kind: str, record: Canonical, extra: Iterable[tuple[str, str]], patient_id: str | None
+) -> list[IndexRow]:
+    """The search-index rows of one record version: its own entries, the extra ones its door adds (a
+    FHIR resource's identifiers and categories) and its patient; values clipped, empty ones dropped.
+    Processing writes these; `hub reindex` rebuilds them the same way."""
+    entries = set(record_index_entries(record)) | set(extra)
+    if patient_id:
+        entries.add(("patient", patient_id))
+    return [(record_id, param, value[:INDEX_VALUE_MAX], kind) for param, value in sorted(entries) if value]
+

@@ -21,7 +21,7 @@ from hub.model import (
     Report,
     source_identifier,
 )
-from hub.records import merge_patient, new_record_id, record_index_entries
+from hub.records import IndexRow, index_rows, merge_patient, new_record_id
 from hub.store.uow import RecordChanges, RecordRepository, RecordRow, SourceKey
 
 
@@ -98,7 +98,7 @@ class RecordSet:
         self._inserted: dict[str, RecordRow] = {}
         self._updated: dict[str, RecordRow] = {}
         self._superseded: list[dict[str, Any]] = []
-        self._index: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+        self._index: dict[str, list[IndexRow]] = {}
 
     def ensure(self, keys: Sequence[SourceKey]) -> None:
         """Load rows for keys not yet looked up (REST writes learn their keys one at a time)."""
@@ -196,10 +196,7 @@ class RecordSet:
             self._updated[row.id] = row
 
     def _reindex(self, row: RecordRow, record: Canonical, extra: Sequence[tuple[str, str]]) -> None:
-        entries = list(record_index_entries(record)) + list(extra)
-        if row.patient_id:
-            entries.append(("patient", row.patient_id))
-        self._index[row.id] = (row.kind, entries)
+        self._index[row.id] = index_rows(row.id, row.kind, record, extra, row.patient_id)
 
     def clear_changes(self) -> None:
         """After the changes were written: keep the rows (now stored), forget what was pending."""
@@ -211,10 +208,5 @@ class RecordSet:
             updated=list(self._updated.values()),
             superseded=self._superseded,
             reindexed={i for i in self._index if i in self._updated},
-            index=[
-                (record_id, param, value[:300], kind)
-                for record_id, (kind, entries) in self._index.items()
-                for param, value in sorted(set(entries))
-                if value
-            ],
+            index=[entry for rows in self._index.values() for entry in rows],
         )
