@@ -209,6 +209,28 @@ def _claimable(now: datetime) -> Any:
 
 _ACCEPTED_AT = select(messages.c.id, messages.c.received_at).where(messages.c.id.in_(bindparam("ids", expanding=True)))
 
+# The claim's statements, built once: a claim runs several times a second per destination, and building
+# a select costs about as much as running it.
+_IDS = bindparam("ids", expanding=True)
+_OPEN_PAGE = (
+    select(outbox.c.id, outbox.c.ordering_key, outbox.c.state, outbox.c.next_attempt_at, outbox.c.lease_until)
+    .where(outbox.c.destination == bindparam("destination"), _open(), outbox.c.id > bindparam("after"))
+    .order_by(outbox.c.id).limit(bindparam("page"))
+)
+_BLOCKED = (
+    select(outbox.c.ordering_key, func.min(outbox.c.id))
+    .where(outbox.c.destination == bindparam("destination"), _blocking(outbox))
+    .group_by(outbox.c.ordering_key)
+)
+_ROWS = select(outbox).where(outbox.c.id.in_(_IDS)).order_by(outbox.c.id)
+_LOCK_CLAIMABLE = (
+    select(outbox.c.id).where(outbox.c.id.in_(_IDS), _claimable(bindparam("now"))).with_for_update(skip_locked=True)
+)
+_MARK_SENDING = (
+    update(outbox).where(outbox.c.id.in_(_IDS))
+    .values(state="sending", lease_until=bindparam("lease_until"), attempts=outbox.c.attempts + 1)
+)
+
 
 class OutboxRepository:
     def __init__(self, conn: Connection) -> None:
@@ -314,17 +336,11 @@ class OutboxRepository:
             return []
         locked = {r.id for r in candidates if _is_claimable(r, now)}
         if self.conn.dialect.name == "postgresql" and locked:
-            locked &= set(self.conn.execute(
-                select(outbox.c.id).where(outbox.c.id.in_(list(locked)), _claimable(now))
-                .with_for_update(skip_locked=True)
-            ).scalars())
+            locked &= set(self.conn.execute(_LOCK_CLAIMABLE, {"ids": list(locked), "now": now}).scalars())
         taken = _contiguous(candidates, locked, strict)
         if not taken:
             return []
-        self.conn.execute(
-            update(outbox).where(outbox.c.id.in_([r.id for r in taken]))
-            .values(state="sending", lease_until=now + lease, attempts=outbox.c.attempts + 1)
-        )
+        self.conn.execute(_MARK_SENDING, {"ids": [r.id for r in taken], "lease_until": now + lease})
         for row in taken:
             # Counted when claimed, not when answered: a worker killed mid-send leaves a count that
             # shows the attempt, so a duplicate at the receiver is always explained by the log.
@@ -342,14 +358,10 @@ class OutboxRepository:
         runs: dict[str, list[int]] = {}
         closed: set[str] = set()
         after, scanned = 0, 0
-        columns = (outbox.c.id, outbox.c.ordering_key, outbox.c.state, outbox.c.next_attempt_at, outbox.c.lease_until)
         wanted = 1 if strict else heads
         page_size = min(SCAN_PAGE, max(100, 2 * wanted, run))
         while scanned < SCAN_LIMIT:
-            page = self.conn.execute(
-                select(*columns).where(outbox.c.destination == destination, _open(), outbox.c.id > after)
-                .order_by(outbox.c.id).limit(page_size)
-            ).all()
+            page = self.conn.execute(_OPEN_PAGE, {"destination": destination, "after": after, "page": page_size}).all()
             for r in page:
                 key = "" if strict else r.ordering_key
                 if key in closed:
@@ -371,11 +383,8 @@ class OutboxRepository:
 
     def _blocked(self, destination: str, strict: bool) -> dict[str, int]:
         """Per key (one key for a strict destination), its earliest blocking row (rare: one indexed query)."""
-        query = select(outbox.c.ordering_key, func.min(outbox.c.id)).where(
-            outbox.c.destination == destination, _blocking(outbox)
-        ).group_by(outbox.c.ordering_key)
         found: dict[str, int] = {}
-        for key, first in self.conn.execute(query).all():
+        for key, first in self.conn.execute(_BLOCKED, {"destination": destination}).all():
             key = "" if strict else key
             found[key] = min(found.get(key, first), first)
         return found
@@ -384,8 +393,7 @@ class OutboxRepository:
         ids = list(ids)
         rows: list[OutboxRow] = []
         for start in range(0, len(ids), 500):
-            query = select(outbox).where(outbox.c.id.in_(ids[start:start + 500])).order_by(outbox.c.id)
-            rows += [OutboxRow(*r) for r in self.conn.execute(query)]
+            rows += [OutboxRow(*r) for r in self.conn.execute(_ROWS, {"ids": ids[start:start + 500]})]
         return rows
 
     # --- settling -------------------------------------------------------------------------------
