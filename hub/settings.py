@@ -29,12 +29,12 @@ class Settings(BaseSettings):
     pid_file: Path | None = None
     """Where `hub serve` writes its process id (`hub routes reload` signals it); default `<data_dir>/hub.pid`."""
     fhir_write_timeout: float = 30.0
+    """How long a FHIR write waits for its processing (another hub process may hold the processing lock)
+    before it is answered 503 with Retry-After; the write stays stored and is applied later."""
     processing_max_lag: float | None = None
     """Seconds a burst (backlogged senders) may leave processing behind before it takes turns with
     storing (routing within a bounded delay, at some cost to ACK throughput under saturation); unset:
     a burst is processed in its pauses and one turn a second. A stream is processed while it lasts either way."""
-    """How long a FHIR write waits for its processing (another hub process may hold the processing lock)
-    before it is answered 503 with Retry-After; the write stays stored and is applied later."""
     log_level: str = "INFO"
     mpi_model: Path | None = None
     """HUB_MPI_MODEL: the master patient index's model file (`hub mpi train` writes one); unset: the
