@@ -1,7 +1,7 @@
 """Cost of the pipeline's match step per patient record, and what it decided, on a real database.
 
 Synthetic records (`bench/mpi_synth.py`) are written as patient records in batches, as processing
-would, and each batch is linked with `hub.mpi.service.link_patients` in the same transaction. Prints
+would, and each batch is linked with `hub.mpi.service.link_batch` in the same transaction. Prints
 milliseconds per record for the match step alone and the pairwise precision/recall of the links it
 made (same person ↔ same enterprise id).
 
@@ -17,7 +17,7 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from itertools import combinations
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from sqlalchemy import select
 
 from bench.mpi_synth import generate
 from hub.mpi import service
-from hub.mpi.service import link_patients
+from hub.mpi.service import link_batch
 from hub.store.engine import make_engine
 from hub.store.migrate import upgrade
 from hub.store.mpi import links
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace, url: str) -> None:
     truth: dict[str, int] = {}
     spent = cpu = 0.0
     for start in range(0, len(data.records), args.batch):
-        at = datetime.now(timezone.utc)
+        at = datetime.now(UTC)
         rows = []
         for rec in data.records[start : start + args.batch]:
             row_id = str(uuid.uuid4())
@@ -70,9 +70,10 @@ def run(args: argparse.Namespace, url: str) -> None:
             rows.append(RecordRow(row_id, "patient", f"urn:hub:{rec.feed.lower()}", f"{rec.record_id}", None, 1, True,
                                   rec.patient.model_dump(mode="json", exclude_none=True), rec.feed.lower(), None, at, at))
         with UnitOfWork(engine) as uow:
-            uow.records.write(RecordChanges(inserted=rows))
+            changes = RecordChanges(inserted=rows)
+            uow.records.write(changes)
             began, began_cpu = time.perf_counter(), time.process_time()
-            link_patients(uow, rows, at)
+            link_batch(uow, changes, (), at)  # as processing calls it
             spent += time.perf_counter() - began
             cpu += time.process_time() - began_cpu
             uow.commit()

@@ -12,8 +12,8 @@ streets, its ten common surnames at real-world shares (0.3–0.8 % each) and ~20
 ones, phones spread over a million numbers, a national id on 70 %. Then `--incoming` records of
 `bench/mpi_synth.py` (its error processes: later records of one synthetic person should link to the
 first) arrive one per transaction, exactly as processing handles a one-message batch: write the
-record, `link_patients`, commit. Reported: p50/p99/max of the match step alone and of the whole
-transaction, and as baseline the same transaction without the match step (`--incoming` other records
+record, `link_batch` (as processing calls it), commit. Reported: p50/p99/max of the match step alone
+and of the whole transaction, and as baseline the same transaction without the match step (`--incoming` other records
 written and committed alone).
 
 Bulk: `hub import-csv` (subprocess, its peak RSS) of `--rows` rows written from mpi_synth records
@@ -46,7 +46,7 @@ from bench import mpi_synth
 from bench.csv_import import HEADER, baseline, count_records, door_only, run_import
 from hub.mpi.blocking import blocking_keys
 from hub.mpi.compare import features_of_data
-from hub.mpi.service import link_patients
+from hub.mpi.service import link_batch
 from hub.mpi.survivorship import SourceRecord, golden
 from hub.store import mpi as mpi_tables
 from hub.store.driver import insert_many
@@ -164,9 +164,10 @@ def online(url: str, incoming: int, seed: int) -> dict[str, Any]:
         row = _row(data, f"urn:hub:{rec.feed.lower()}", str(rec.record_id), rec.feed.lower(), at)
         began = time.perf_counter()
         with UnitOfWork(engine) as uow:
-            uow.records.write(RecordChanges(inserted=[row]))
+            changes = RecordChanges(inserted=[row])
+            uow.records.write(changes)
             linking = time.perf_counter()
-            link_patients(uow, [row], at)
+            link_batch(uow, changes, (), at)
             match.append(time.perf_counter() - linking)
             uow.commit()
         whole.append(time.perf_counter() - began)

@@ -144,6 +144,12 @@ def _norm_text(value: str) -> str:
 
 
 def norm_address_line(value: str | None) -> str:
+    return _norm_address_line(value) if value else ""
+
+
+@lru_cache(maxsize=65536)
+def _norm_address_line(value: str) -> str:
+    """Cached like `_norm_text`: a household's records, and a candidate's versions, repeat their street."""
     return " ".join(STREET_WORDS.get(token, token) for token in norm_text(value).split())
 
 
@@ -227,7 +233,15 @@ class _View:
         self.__dict__.update(data)
         for name, nested in _NESTED.items():
             if name in defaults:
-                self.__dict__[name] = [_View(item, nested) for item in self.__dict__[name] or ()]
+                self.__dict__[name] = [_Item(item, nested) for item in self.__dict__[name] or ()]
+
+
+class _Item:
+    """A nested item of a `_View` (a name, identifier, telecom, address): its fields and defaults only."""
+
+    def __init__(self, data: dict, defaults: dict) -> None:
+        self.__dict__.update(defaults)
+        self.__dict__.update(data)
 
 
 _NESTED: dict[str, dict] = {

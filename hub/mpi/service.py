@@ -30,6 +30,7 @@ from hub.mpi.decide import Decision, decide
 from hub.mpi.model import Explanation, Model, load_model
 from hub.mpi.survivorship import SourceRecord, golden
 from hub.recordset import RecordSet
+from hub.store.driver import COPY_FROM
 from hub.store.mpi import Candidate, LinkRow, Member, PersonRow
 from hub.store.uow import RecordChanges, RecordRow, UnitOfWork
 
@@ -119,30 +120,33 @@ def link_batch(uow: UnitOfWork, changes: RecordChanges, events: Iterable[tuple[i
     batch's merges (ADT^A40: the record named in MRG-1 folds into the event's patient)."""
     rows = [r for r in (*changes.inserted, *changes.updated) if r.kind == "patient"]
     merges = [(m, e) for m, e in events if e.merged_identifier is not None and e.patient is not None]
-    if rows or merges:
-        link_patients(uow, rows, at, merges=merges)
+    if rows or merges:  # records this write inserted were never linked: no link to look up
+        link_patients(uow, rows, at, merges=merges, new={r.id for r in changes.inserted})
 
 
 def link_patients(
     uow: UnitOfWork, rows: Sequence[RecordRow], at: datetime, *, actor: str = SYSTEM, force: bool = False,
-    merges: Sequence[tuple[int, PatientEvent]] = (),
+    merges: Sequence[tuple[int, PatientEvent]] = (), new: Collection[str] = (),
 ) -> None:
     """Link (or re-evaluate) these patient records. `force`: re-evaluate even sticky links (rematch after
-    a steward unlinked). Costs a fixed handful of queries per call, whatever the number of rows."""
+    a steward unlinked). `new`: ids of records the caller has just inserted, hence never linked (their
+    link, decisions and reviews are not looked up: online, most records are new). Costs a fixed handful
+    of queries per call, whatever the number of rows."""
     started = time.perf_counter()
     unique = list({r.id: r for r in rows if r.kind == "patient"}.values())
     batch = _Batch(uow, at, actor, current_model())
-    batch.load(unique, force)
+    batch.load(unique, force, new)
     for row in unique:
         batch.link(row)
-    batch.write_links()
-    for message_id, event in merges:
-        batch.merge_event(message_id, event)
-    batch.apply_pending_merges(unique)
-    for row in batch.reinactivate:  # merged away stays merged away: the update is kept, inactive
-        _mark_inactive(uow, row, row.message_id, at)
-    batch.write_links()
-    batch.write_persons()
+    with uow.mpi.pipelined(batch.writes_only(merges)):  # PostgreSQL: the writes in one round trip or two
+        batch.write_links()
+        for message_id, event in merges:
+            batch.merge_event(message_id, event)
+        batch.apply_pending_merges(unique)
+        for row in batch.reinactivate:  # merged away stays merged away: the update is kept, inactive
+            _mark_inactive(uow, row, row.message_id, at)
+        batch.write_links()
+        batch.write_persons()
     if unique:
         log.debug("linked %d patient records in %.1f ms", len(unique), (time.perf_counter() - started) * 1000)
 
@@ -241,17 +245,20 @@ class _Batch:
         self.superseded_reviews: set[str] = set()
         self.sole: dict[str, str] = {}  # new person → the batch record it was made for
         self.reinactivate: list[RecordRow] = []
+        self.waiting_merges: dict[tuple[str, str], tuple[int, str]] = {}  # A40s waiting for a batch record
         self.force = False
 
     # loading: a fixed number of queries for the whole batch
 
-    def load(self, rows: Sequence[RecordRow], force: bool) -> None:
+    def load(self, rows: Sequence[RecordRow], force: bool, new: Collection[str] = ()) -> None:
         self.force = force
         if not rows:
             return
         ids = [r.id for r in rows]
         mpi = self.uow.mpi
-        self._remember_links(mpi.links(ids))
+        maybe_linked = [i for i in ids if i not in new]
+        if maybe_linked:
+            self._remember_links(mpi.links(maybe_linked))
         known = [i for i in ids if i in self.links]  # a record never linked has no decisions nor reviews yet
         if known:
             self.pins = set(mpi.pins(known))
@@ -270,7 +277,9 @@ class _Batch:
             all_keys.update(keys)
         frequent = _frequent_keys.setdefault(str(self.uow.engine.url), set())
         self.frequent = all_keys & frequent
-        self.candidates = mpi.candidates(all_keys - self.frequent)
+        self.candidates, self.waiting_merges = mpi.candidates_and_pending_merges(
+            all_keys - self.frequent, {(r.source_system, r.source_value) for r in rows},
+        )  # merges are applied after linking; reading them now saves PostgreSQL a round trip
         for key, found in self.candidates.items():
             if len(found) >= MAX_KEY_RECORDS:  # fetched once; from now on left out before the query
                 frequent.add(key)
@@ -439,7 +448,7 @@ class _Batch:
     def apply_pending_merges(self, rows: Sequence[RecordRow]) -> None:
         if not rows:
             return
-        waiting = self.uow.mpi.take_pending_merges({(r.source_system, r.source_value) for r in rows})
+        waiting = self.uow.mpi.take_pending_merges(self.waiting_merges)  # read by `load`
         for row in rows:
             survivor = waiting.get((row.source_system, row.source_value))
             if survivor is not None and survivor != row.id:
@@ -479,6 +488,15 @@ class _Batch:
 
     # writing
 
+    def writes_only(self, merges: Sequence[tuple[int, PatientEvent]]) -> bool:
+        """Whether what is left to do is writes and `persons_and_members` (may be pipelined): no merge
+        to apply (those read records and links), and few rows (larger ones go by COPY)."""
+        if merges or self.waiting_merges or self.reinactivate:
+            return False
+        rows = (len(self.key_entries), len(self.events), len(self.new_links) + len(self.changed_links),
+                len(self.reviews), len(self.touched))
+        return max(rows) < COPY_FROM
+
     def write_links(self) -> None:
         if self.rekeyed:  # a record linked before has stored keys to replace; a new one has none
             self.uow.mpi.replace_keys(self.rekeyed & self.stored, self.key_entries)
@@ -500,8 +518,7 @@ class _Batch:
         mpi = self.uow.mpi
         # a person made by this batch for one of its records needs no look-up: that record is all it has
         sole = {p: r for p, r in self.sole.items() if p in touched and self.counts.get(p) == 1}
-        existing = mpi.persons(touched - set(sole))
-        members = mpi.members(touched - set(sole))
+        existing, members = mpi.persons_and_members(touched - set(sole))
         inserted, updated = [], []
         for person_id in sorted(touched):
             records = [_member(self.rows[sole[person_id]].row, person_id)] if person_id in sole else members.get(person_id, [])

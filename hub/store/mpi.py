@@ -9,14 +9,32 @@ a record is an index range scan per key, whatever the number of persons.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
-    Boolean, Column, Connection, DateTime, Float, Index, Integer, String, Table, and_, bindparam, delete, false, func,
-    or_, select, update,
+    Boolean,
+    Column,
+    Connection,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    String,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    false,
+    func,
+    or_,
+    select,
+    update,
 )
 
 from hub.store.driver import insert_many, update_many
@@ -180,13 +198,6 @@ _CHUNK = 500
 # ~0.2 ms a statement in SQLAlchemy's coercions), and processing runs them for every batch, online one
 # record per batch.
 _IDS = bindparam("ids", expanding=True)
-_CANDIDATES = (
-    select(keys.c.key, keys.c.record_id, links.c.person_id, records.c.version)
-    .join(links, links.c.record_id == keys.c.record_id)
-    .join(records, records.c.id == keys.c.record_id)
-    .where(keys.c.key.in_(_IDS))
-)
-_RECORD_DATA = select(records.c.id, records.c.version, records.c.data).where(records.c.id.in_(_IDS))
 _LINKS = select(links).where(links.c.record_id.in_(_IDS))
 _MEMBERS = (
     select(
@@ -199,8 +210,81 @@ _MEMBERS = (
 )
 _MEMBER_COUNTS = select(links.c.person_id, func.count()).where(links.c.person_id.in_(_IDS)).group_by(links.c.person_id)
 _PERSONS = select(persons).where(persons.c.id.in_(_IDS))
-_PENDING = select(pending_merges).where(pending_merges.c.source_value.in_(_IDS)).order_by(pending_merges.c.id)
 _DELETE_KEYS = delete(keys).where(keys.c.record_id.in_(_IDS))
+
+
+# The per-record look-ups of the match step, as SQL for the DB-API cursor: a Core execute costs ~80 µs of
+# CPU even prebuilt (~200 µs on PostgreSQL), the cursor ~10 µs (~85 µs); online matching runs a few of
+# these for every record. `{ids}` becomes `IN (?, …)` (SQLite) or `= ANY(%s::text[])` (PostgreSQL: one
+# parameter, the list, whatever the number of ids).
+_CANDIDATES_SQL = (
+    "SELECT k.key, k.record_id, l.person_id, r.version FROM mpi_keys k"
+    " JOIN mpi_links l ON l.record_id = k.record_id JOIN records r ON r.id = k.record_id WHERE k.key {ids}"
+)
+_RECORD_DATA_SQL = "SELECT id, version, data FROM records WHERE id {ids}"
+_PERSONS_SQL = (
+    "SELECT id, data, provenance, active, merged_into, version, created_at, updated_at FROM mpi_persons WHERE id {ids}"
+)
+_MEMBERS_SQL = (
+    "SELECT l.record_id, l.person_id, r.source_system, r.source_value, r.feed, r.active, r.data, r.updated_at,"
+    " r.deleted FROM mpi_links l JOIN records r ON r.id = l.record_id WHERE l.person_id {ids} ORDER BY l.record_id"
+)
+_PENDING_SQL = (
+    "SELECT id, source_system, source_value, survivor_record_id FROM mpi_pending_merges"
+    " WHERE source_value {ids} ORDER BY id"
+)
+
+
+@cache
+def _in_sql(template: str, dialect: str, count: int) -> str:
+    if dialect == "postgresql":
+        return template.format(ids="= ANY(%s::text[])")  # str lists: psycopg leaves their type to the server
+    return template.format(ids=f"IN ({', '.join('?' * count)})")
+
+
+def _fetch(conn: Connection, template: str, values: list[str]) -> list[tuple[Any, ...]]:
+    """Rows of a `{ids}` look-up, through the connection's own DB-API cursor (same transaction).
+    Values come back as the driver gives them: JSON is text on SQLite (see `_json`). PostgreSQL's go
+    unprepared: with one statement text for any number of ids, psycopg would prepare it after five
+    runs, and the server may keep a generic plan made while the tables were small (measured: the
+    match step 3x slower in bench/mpi_link_cost.py --postgres)."""
+    dialect = conn.dialect.name
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        if dialect == "postgresql":
+            cursor.execute(_in_sql(template, dialect, len(values)), (values,), prepare=False)
+        else:
+            cursor.execute(_in_sql(template, dialect, len(values)), values)
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+def _fetch_together(conn: Connection, queries: Sequence[tuple[str, list[str]]]) -> list[list[tuple[Any, ...]]]:
+    """Rows of several independent `{ids}` look-ups. PostgreSQL gets them in one round trip (psycopg's
+    pipeline mode: all sent, then all read); SQLite runs them one after the other (no round trips)."""
+    if conn.dialect.name != "postgresql" or len(queries) < 2:
+        return [_fetch(conn, template, values) for template, values in queries]
+    dbapi = conn.connection.dbapi_connection
+    cursors = [dbapi.cursor() for _ in queries]  # type: ignore[union-attr]
+    try:
+        with dbapi.pipeline():  # type: ignore[union-attr]
+            for cursor, (template, values) in zip(cursors, queries):
+                cursor.execute(_in_sql(template, "postgresql", len(values)), (values,), prepare=False)
+        return [cursor.fetchall() for cursor in cursors]
+    finally:
+        for cursor in cursors:
+            cursor.close()
+
+
+def _json(value: Any) -> Any:
+    """A JSON column as SQLAlchemy would give it: PostgreSQL's driver already parsed it, SQLite's did not."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _datetime(value: Any) -> Any:
+    """A timestamp as SQLAlchemy would give it: SQLite stores text (naive, UTC), PostgreSQL's driver parsed it."""
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
 def _chunks(values: Collection[str]) -> Iterator[list[str]]:
@@ -213,6 +297,18 @@ class MpiRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
+    @contextmanager
+    def pipelined(self, enabled: bool = True) -> Iterator[None]:
+        """PostgreSQL: the writes run inside are sent without waiting for each one's answer (psycopg's
+        pipeline mode); a read through `_fetch` waits for all before it, the block's end for the rest.
+        Only for INSERT/UPDATE/DELETE and `_fetch` reads: a SQLAlchemy SELECT would see no rows, and a
+        COPY (`insert_many` of COPY_FROM rows or more) is refused. SQLite: no round trips, no change."""
+        if not enabled or self.conn.dialect.name != "postgresql":
+            yield
+            return
+        with self.conn.connection.dbapi_connection.pipeline():  # type: ignore[union-attr]
+            yield
+
     # --- matching ------------------------------------------------------------------------------
 
     def candidates(self, wanted: Collection[str]) -> dict[str, list[Candidate]]:
@@ -221,9 +317,25 @@ class MpiRepository:
         has not already normalised that version."""
         found: dict[str, list[Candidate]] = {}
         for chunk in _chunks(wanted):
-            for key, record_id, person_id, version in self.conn.execute(_CANDIDATES, {"ids": chunk}):
+            for key, record_id, person_id, version in _fetch(self.conn, _CANDIDATES_SQL, chunk):
                 found.setdefault(key, []).append(Candidate(record_id, person_id, version))
         return found
+
+    def candidates_and_pending_merges(
+        self, wanted: Collection[str], sources: Collection[tuple[str, str]],
+    ) -> tuple[dict[str, list[Candidate]], dict[tuple[str, str], tuple[int, str]]]:
+        """`candidates(wanted)`, and the merges waiting for these source records ((system, value) →
+        (pending merge id, survivor record id), for `take_pending_merges`) — on PostgreSQL in one round
+        trip: the match step needs both for every batch, online for every record."""
+        key_chunks, value_chunks = list(_chunks(wanted)), list(_chunks({value for _, value in sources}))
+        results = _fetch_together(
+            self.conn, [(_CANDIDATES_SQL, c) for c in key_chunks] + [(_PENDING_SQL, c) for c in value_chunks],
+        )
+        found: dict[str, list[Candidate]] = {}
+        for rows in results[: len(key_chunks)]:
+            for key, record_id, person_id, version in rows:
+                found.setdefault(key, []).append(Candidate(record_id, person_id, version))
+        return found, _waiting(results[len(key_chunks) :], sources)
 
     def key_counts(self, wanted: Collection[str]) -> dict[str, int]:
         """How many records each key names (index-only counts), to leave out keys too common to block on."""
@@ -237,8 +349,8 @@ class MpiRepository:
         """Record id → (version, data)."""
         found: dict[str, tuple[int, dict[str, Any]]] = {}
         for chunk in _chunks(record_ids):
-            for record_id, version, data in self.conn.execute(_RECORD_DATA, {"ids": chunk}):
-                found[record_id] = (version, data)
+            for record_id, version, data in _fetch(self.conn, _RECORD_DATA_SQL, chunk):
+                found[record_id] = (version, _json(data))
         return found
 
     def replace_keys(self, record_ids: Collection[str], entries: Sequence[tuple[str, str]]) -> None:
@@ -268,6 +380,21 @@ class MpiRepository:
             for r in self.conn.execute(_MEMBERS, {"ids": chunk}):
                 found[r.person_id].append(Member(*r))
         return found
+
+    def persons_and_members(self, person_ids: Collection[str]) -> tuple[dict[str, PersonRow], dict[str, list[Member]]]:
+        """`persons` and `members` at once, through the DB-API cursor: the match step rebuilds the golden
+        record of every person it touched, online for every record."""
+        found: dict[str, PersonRow] = {}
+        members: dict[str, list[Member]] = {p: [] for p in person_ids}
+        for chunk in _chunks(person_ids):
+            person_rows, member_rows = _fetch_together(self.conn, [(_PERSONS_SQL, chunk), (_MEMBERS_SQL, chunk)])
+            for pid, data, provenance, active, merged_into, version, created, updated in person_rows:
+                found[pid] = PersonRow(pid, _json(data), _json(provenance), bool(active), merged_into, version,
+                                       _datetime(created), _datetime(updated))
+            for rid, pid, system, value, feed, active, data, updated, deleted in member_rows:
+                members[pid].append(Member(rid, pid, system, value, feed, bool(active), _json(data), _datetime(updated),
+                                           bool(deleted)))
+        return found, members
 
     def member_counts(self, person_ids: Collection[str]) -> dict[str, int]:
         found = dict.fromkeys(person_ids, 0)
@@ -435,18 +562,26 @@ class MpiRepository:
             message_id=message_id, at=at,
         ))
 
-    def take_pending_merges(self, sources: Collection[tuple[str, str]]) -> dict[tuple[str, str], str]:
-        """(system, value) → survivor record id, for merges waiting on these records; removed once taken."""
-        wanted = set(sources)
-        found: dict[tuple[str, str], tuple[int, str]] = {}
-        for chunk in _chunks({value for _, value in wanted}):
-            for r in self.conn.execute(_PENDING, {"ids": chunk}):
-                if (r.source_system, r.source_value) in wanted:
-                    found[(r.source_system, r.source_value)] = (r.id, r.survivor_record_id)
+    def take_pending_merges(self, found: dict[tuple[str, str], tuple[int, str]]) -> dict[tuple[str, str], str]:
+        """(system, value) → survivor record id, of the merges `candidates_and_pending_merges` found waiting
+        for these records; removed once taken."""
         ids = [i for i, _ in found.values()]
         if ids:
             self.conn.execute(delete(pending_merges).where(pending_merges.c.id.in_(ids)))
         return {k: survivor for k, (_, survivor) in found.items()}
+
+
+def _waiting(
+    results: Sequence[Sequence[tuple[Any, ...]]], sources: Collection[tuple[str, str]],
+) -> dict[tuple[str, str], tuple[int, str]]:
+    """Pending-merge rows (by value, oldest first) → (system, value) → (id, survivor): the latest one wins."""
+    wanted = set(sources)
+    found: dict[tuple[str, str], tuple[int, str]] = {}
+    for rows in results:
+        for merge_id, system, value, survivor in rows:
+            if (system, value) in wanted:
+                found[(system, value)] = (merge_id, survivor)
+    return found
 
 
 def _link_values(link: LinkRow) -> dict[str, Any]:

@@ -1,0 +1,73 @@
+"""The match step's driver-level look-ups give what the SQLAlchemy ones give, on SQLite and PostgreSQL.
+
+The match step reads candidates, pending A40 merges, persons and their records through the DB-API
+cursor (and, on PostgreSQL, several at once or inside a pipeline of writes); the steward actions and
+the API read the same tables through SQLAlchemy. Both must see the same rows with the same types,
+or golden records and decisions would differ with the caller. Fictional data only.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine
+
+from hub.store.mpi import LinkRow, PersonRow
+from hub.store.uow import RecordChanges, RecordRow, UnitOfWork
+from tests.conftest import unique
+
+AT = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+
+
+def _record(record_id: str, value: str, *, active: bool = True) -> RecordRow:
+    data = {"names": [{"family": "Testperson", "given": ["Alma"]}], "birth_date": "1980-04-02"}
+    return RecordRow(record_id, "patient", "urn:oid:2.999.1", value, None, 1, active, data, "adt", None, AT, AT)
+
+
+def test_persons_and_members_equal_persons_and_members_read_apart(db: Engine) -> None:
+    person, emptied = unique("P"), unique("P")
+    first, second = unique("R"), unique("R")
+    with UnitOfWork(db) as uow:
+        uow.records.write(RecordChanges(inserted=[_record(first, unique("V")), _record(second, unique("V"), active=False)]))
+        uow.mpi.write_links([LinkRow(r, person, "auto", 14.5, "v1", None, AT) for r in (first, second)], [])
+        uow.mpi.write_persons([PersonRow(person, {"gender": "female"}, {"gender": first}, True, None, 3, AT, AT),
+                               PersonRow(emptied, {}, {}, False, person, 2, AT, AT)], [])
+        uow.commit()
+    with UnitOfWork(db) as uow:
+        wanted = [person, emptied, unique("P")]  # one with records, one without, one unknown
+        found, members = uow.mpi.persons_and_members(wanted)
+        assert (found, members) == (uow.mpi.persons(wanted), uow.mpi.members(wanted))
+        assert {m.record_id: m.active for m in members[person]} == {first: True, second: False}
+        assert isinstance(found[person].active, bool) and found[person].created_at.replace(tzinfo=UTC) == AT
+
+
+def test_candidates_and_pending_merges_in_one_read(db: Engine) -> None:
+    record, person, key, value = unique("R"), unique("P"), unique("fam_ny:TEST|"), unique("V")
+    with UnitOfWork(db) as uow:
+        uow.records.write(RecordChanges(inserted=[_record(record, unique("V"))]))
+        uow.mpi.write_links([LinkRow(record, person, "auto", None, None, None, AT)], [])
+        uow.mpi.replace_keys(set(), [(key, record)])
+        uow.mpi.add_pending_merge("urn:oid:2.999.1", value, record, None, AT)
+        uow.mpi.add_pending_merge("urn:oid:2.999.2", value, record, None, AT)  # same value, another system
+        uow.commit()
+    with UnitOfWork(db) as uow:
+        candidates, waiting = uow.mpi.candidates_and_pending_merges([key, unique("nid:")], [("urn:oid:2.999.1", value)])
+        assert candidates == uow.mpi.candidates([key])
+        assert [c.record_id for c in candidates[key]] == [record]
+        assert list(waiting) == [("urn:oid:2.999.1", value)]
+        assert uow.mpi.take_pending_merges(waiting) == {("urn:oid:2.999.1", value): record}
+        again = uow.mpi.candidates_and_pending_merges([], [("urn:oid:2.999.1", value), ("urn:oid:2.999.2", value)])
+        assert list(again[1]) == [("urn:oid:2.999.2", value)]  # the taken one is gone, the other system's stays
+
+
+def test_writes_in_a_pipeline_are_seen_by_the_reads_after_them(db: Engine) -> None:
+    record, person, key = unique("R"), unique("P"), unique("phone:555")
+    with UnitOfWork(db) as uow:
+        uow.records.write(RecordChanges(inserted=[_record(record, unique("V"))]))
+        with uow.mpi.pipelined():
+            uow.mpi.write_links([LinkRow(record, person, "new", None, None, None, AT)], [])
+            uow.mpi.replace_keys(set(), [(key, record)])
+            assert [m.record_id for m in uow.mpi.persons_and_members([person])[1][person]] == [record]
+            uow.mpi.write_persons([PersonRow(person, {}, {}, True, None, 1, AT, AT)], [])
+        assert uow.mpi.candidates_and_pending_merges([key], [])[0][key][0].person_id == person
+        assert uow.mpi.persons([person])[person].version == 1
