@@ -350,11 +350,8 @@ class Intake:
         return self._senders.eager_share > 0.5
 
     def _turn(self) -> int:
-        """Messages that make one turn of about `turn_budget` seconds at processing's recent cost
-        (five times that on a thread of its own: no ACK waits for it, and each transaction's round
-        trips are paid once for more messages)."""
-        budget = self._turn_budget * (5 if self._concurrent else 1)
-        return max(1, min(self._process_batch, int(budget / self._seconds_per_message)))
+        """Messages that make one turn of about `turn_budget` seconds at processing's recent cost."""
+        return max(1, min(self._process_batch, int(self._turn_budget / self._seconds_per_message)))
 
     def _took(self, seconds: float, before: int, last: int | None) -> None:
         """Learn processing's cost per message from slices large enough for the transaction's fixed
