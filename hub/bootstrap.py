@@ -131,10 +131,7 @@ def build(
     readers = {"hl7v2": read_message, "csv": read_chunk, "fhir": read_request}
     routes = routes if routes is not None or planner is not None else load_route_table(settings)
     routing = Routing(planner=planner or (routes.plan if routes is not None else None), table=routes)
-    intake = Intake(
-        partial(RoutingUnitOfWork, engine, routing), readers=readers, max_lag=settings.processing_max_lag,
-        concurrent_processing=engine.dialect.name == "postgresql",
-    )
+    intake = Intake(partial(RoutingUnitOfWork, engine, routing), readers=readers, max_lag=settings.processing_max_lag)
     mode = AckMode(settings.mllp_ack_mode)
     hub = Hub(
         settings=settings,

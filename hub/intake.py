@@ -18,12 +18,6 @@ and which goes first depends on the senders:
 Telling the two apart by the senders, not by the arrival rate, matters: a backlogged sender slows down
 to whatever the hub gives it, so turns taken during a burst would look like a stream that keeps up.
 
-With `concurrent_processing` (PostgreSQL, whose writers do not exclude each other), processing runs on
-a thread of its own instead, continuously while anything is pending: storing never waits for a turn,
-and each thread's database round trips overlap the other's work. SQLite has one writer: its storing
-and processing take turns on one thread (two would wait on the database lock in SQLite's busy
-handler, which sleeps up to 100 ms at a time).
-
 A batch holding messages whose door waits for the result (FHIR writes: the answer carries the new
 resource) is stored and processed in one transaction (`store_and_process`), and those doors wait on
 asyncio futures woken when processing passes their message (`accept_with_result`).
@@ -113,7 +107,6 @@ class Intake:
         idle_before_processing: float = 0.003,
         idle_when_busy: float = 0.025,
         idle_poll: float = 1.0,
-        concurrent_processing: bool = False,
     ) -> None:
         self._uow_factory = uow_factory
         self._readers = readers
@@ -139,13 +132,6 @@ class Intake:
         self._idle_poll = idle_poll
         self._queue: asyncio.Queue[tuple[InboundMessage, asyncio.Future[Outcome]]] = asyncio.Queue()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-writer")
-        self._concurrent = concurrent_processing
-        self._processor = (
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-processor") if concurrent_processing else self._writer
-        )
-        self._pending_work = asyncio.Event()
-        """Concurrent processing: set when something was stored (or may be pending)."""
-        self._processing_task: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._watermark = threading.Condition()
         self._stored_upto = 0
@@ -161,16 +147,12 @@ class Intake:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="hub-intake")
-        if self._concurrent:
-            self._processing_task = asyncio.create_task(self._process_continuously(), name="hub-processing")
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._task, self._processing_task) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
         self._writer.shutdown(wait=True)
-        self._processor.shutdown(wait=True)
 
     async def accept(self, message: InboundMessage) -> Outcome:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
@@ -264,7 +246,7 @@ class Intake:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if self._work_to_do and self._queue.empty() and not self._concurrent:
+            if self._work_to_do and self._queue.empty():
                 # A pause in arrivals is the moment to process, not before; while senders are
                 # active the pause must be longer, so that processing never slows their ACKs.
                 busy = time.monotonic() - self._last_store < 0.5
@@ -282,7 +264,6 @@ class Intake:
                     # Idle: look for pending messages now and then. Another hub process may have stored
                     # some while this one held the processing lock (or this one while it could not).
                     self._work_to_do = True
-                    self._pending_work.set()
                     continue
             while len(items) < MAX_BATCH and not self._queue.empty():
                 items.append(self._queue.get_nowait())
@@ -301,7 +282,6 @@ class Intake:
                 with self._watermark:
                     self._stored_upto = max(self._stored_upto, *stored)
                 self._work_to_do = True
-                self._pending_work.set()
                 if self._behind_since is None:
                     self._behind_since = self._last_store
             if awaited:
@@ -325,25 +305,13 @@ class Intake:
                 if not future.done():
                     future.set_result(outcome)
             behind = self._behind_since is not None
-            if self._concurrent:
-                while self.backlog > self._max_backlog:  # backpressure: the processing thread catches up
-                    await asyncio.sleep(0.01)
-            elif self.backlog > self._max_backlog or (behind and (not self._burst() or self._due_probe())):
+            if self.backlog > self._max_backlog or (behind and (not self._burst() or self._due_probe())):
                 await self._process(loop)  # backpressure, a stream's turn, or a burst's probe turn
             elif self._lagging():  # a turn between two store batches: a few messages, not a slice
                 started = time.monotonic()
                 await self._process(loop, self._lag_batch)
                 spent = time.monotonic() - started
                 self._next_turn = time.monotonic() + spent * (1 - self._lag_share) / self._lag_share
-
-    async def _process_continuously(self) -> None:
-        """Concurrent processing: slices while anything is pending, then wait for the next store."""
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._pending_work.wait()
-            self._pending_work.clear()
-            while self._work_to_do:
-                await self._process(loop)
 
     def _burst(self) -> bool:
         """Most recent arrivals were waiting at their sender: storing goes first."""
@@ -387,7 +355,7 @@ class Intake:
         started, before, stored_before = time.monotonic(), self._processed_upto, self._stored_upto
         try:
             last = await loop.run_in_executor(
-                self._processor, process_pending, self._uow_factory, self._readers, limit, self._results, self._read,
+                self._writer, process_pending, self._uow_factory, self._readers, limit, self._results, self._read,
                 max_events,
             )
         except Exception as exc:  # noqa: BLE001 — never let the intake task die
@@ -395,7 +363,7 @@ class Intake:
             await asyncio.sleep(1)
             return
         self._took(time.monotonic() - started, before, last)
-        oldest = await loop.run_in_executor(self._processor, self._oldest_pending) if last is None else None
+        oldest = await loop.run_in_executor(self._writer, self._oldest_pending) if last is None else None
         if oldest is not None:
             # Another process holds the processing lock: not drained, but everything before its oldest
             # pending message is processed (readers and doors waiting for those may go on). Look again shortly.
@@ -407,7 +375,7 @@ class Intake:
             await asyncio.sleep(0.05)
             return
         with self._watermark:
-            if last is None:  # drained: what was stored when the slice began (concurrent storing may add more)
+            if last is None:  # drained: what was stored when the slice began (never more than that)
                 self._processed_upto = max(self._processed_upto, stored_before)
                 if self._stored_upto == stored_before:
                     self._work_to_do = False
