@@ -318,10 +318,20 @@ class UnitOfWork:
         try:
             if self.tx.is_active:
                 self.tx.rollback()
-            if not self.durable and self.conn.dialect.name == "sqlite":
-                self.conn.connection.driver_connection.execute("PRAGMA synchronous=FULL")  # pooled: as it was
         finally:
-            self.conn.close()
+            try:
+                if not self.durable and self.conn.dialect.name == "sqlite":
+                    self._restore_durability()
+            finally:
+                self.conn.close()
+
+    def _restore_durability(self) -> None:
+        """The pooled connection goes back as it came (`synchronous=FULL`: storing's ACK promise), or not at all."""
+        try:
+            self.conn.connection.driver_connection.execute("PRAGMA synchronous=FULL")
+        except Exception:
+            self.conn.invalidate()  # discarded by the pool, never handed to storing with NORMAL
+            raise
 
     def commit(self) -> None:
         self.tx.commit()

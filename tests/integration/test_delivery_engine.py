@@ -251,3 +251,17 @@ def test_a_killed_workers_rows_are_taken_again_when_its_lease_expires(db: Engine
         assert receiver.ids() == [f"{dest.name}P-{n}" for n in range(3)]
     finally:
         receiver.stop()
+
+
+def test_delivery_bookkeeping_leaves_pooled_connections_durable(db: Engine) -> None:
+    """`UnitOfWork(durable=False)` (delivery's claims and answers) must not hand a connection that
+    skips the disk flush to the next transaction, which may be storing a message before its ACK."""
+    with UnitOfWork(db, durable=False) as uow:
+        uow.outbox.due_destinations(utcnow(), ["nowhere"])
+        uow.commit()
+    for _ in range(db.pool.size() + 1):  # whichever pooled connection comes next
+        with UnitOfWork(db) as uow:
+            if db.dialect.name == "sqlite":
+                assert uow.conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+            else:
+                assert uow.conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
