@@ -116,8 +116,8 @@ class Intake:
         self._senders = Senders(eager_gap)
         self._probe_every = probe_every
         self._seconds_per_message = 0.0025
-        self._last_slice = 0.0
         """Processing's recent cost per message (moving average): turns are sized in time, not in messages."""
+        self._last_slice = 0.0
         self._last_store = 0.0
         self._max_backlog = max_backlog
         self._max_lag = max_lag
