@@ -156,8 +156,7 @@ def enterprise_ids(uow: UnitOfWork, record_ids: Collection[str]) -> dict[str, tu
     For the outbound side: a message about a source record can carry the enterprise id and the
     identifiers the destination knows the patient by. Records not linked are left out."""
     links = uow.mpi.links(record_ids)
-    members = uow.mpi.members({link.person_id for link in links.values()})
-    identifiers = {p: [(m.source_system, m.source_value) for m in ms if not m.deleted] for p, ms in members.items()}
+    identifiers = uow.mpi.identifiers({link.person_id for link in links.values()})
     return {rid: (link.person_id, identifiers.get(link.person_id, [])) for rid, link in links.items()}
 
 

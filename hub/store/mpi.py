@@ -229,6 +229,10 @@ _MEMBERS_SQL = (
     "SELECT l.record_id, l.person_id, r.source_system, r.source_value, r.feed, r.active, r.data, r.updated_at,"
     " r.deleted FROM mpi_links l JOIN records r ON r.id = l.record_id WHERE l.person_id {ids} ORDER BY l.record_id"
 )
+_IDENTIFIERS_SQL = (
+    "SELECT l.person_id, r.source_system, r.source_value FROM mpi_links l JOIN records r ON r.id = l.record_id"
+    " WHERE l.person_id {ids} AND NOT r.deleted ORDER BY l.record_id"
+)
 _PENDING_SQL = (
     "SELECT id, source_system, source_value, survivor_record_id FROM mpi_pending_merges"
     " WHERE source_value {ids} ORDER BY id"
@@ -315,11 +319,7 @@ class MpiRepository:
         """Key → stored (linked) records under it, with their person and version: one query per 500 keys.
         No data: a record under several keys is read once, by `record_data`, and only when the caller
         has not already normalised that version."""
-        found: dict[str, list[Candidate]] = {}
-        for chunk in _chunks(wanted):
-            for key, record_id, person_id, version in _fetch(self.conn, _CANDIDATES_SQL, chunk):
-                found.setdefault(key, []).append(Candidate(record_id, person_id, version))
-        return found
+        return self.candidates_and_pending_merges(wanted, ())[0]
 
     def candidates_and_pending_merges(
         self, wanted: Collection[str], sources: Collection[tuple[str, str]],
@@ -395,6 +395,15 @@ class MpiRepository:
                 members[pid].append(Member(rid, pid, system, value, feed, bool(active), _json(data), _datetime(updated),
                                            bool(deleted)))
         return found, members
+
+    def identifiers(self, person_ids: Collection[str]) -> dict[str, list[tuple[str, str]]]:
+        """Person → the (system, value) of its source records that are not deleted, in record order:
+        what outbound messages carry in PID-3 (routing needs these for every batch, not the records' data)."""
+        found: dict[str, list[tuple[str, str]]] = {p: [] for p in person_ids}
+        for chunk in _chunks(person_ids):
+            for person_id, system, value in _fetch(self.conn, _IDENTIFIERS_SQL, chunk):
+                found[person_id].append((system, value))
+        return found
 
     def member_counts(self, person_ids: Collection[str]) -> dict[str, int]:
         found = dict.fromkeys(person_ids, 0)

@@ -8,6 +8,7 @@ or golden records and decisions would differ with the caller. Fictional data onl
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine
@@ -71,3 +72,22 @@ def test_writes_in_a_pipeline_are_seen_by_the_reads_after_them(db: Engine) -> No
             uow.mpi.write_persons([PersonRow(person, {}, {}, True, None, 1, AT, AT)], [])
         assert uow.mpi.candidates_and_pending_merges([key], [])[0][key][0].person_id == person
         assert uow.mpi.persons([person])[person].version == 1
+
+
+def test_identifiers_are_the_members_not_deleted_in_record_order(db: Engine) -> None:
+    """Routing puts a person's identifiers in every outbound PID-3 from `identifiers`, without reading the
+    records' data: the same identifiers, in the same order, as the members the steward and API read."""
+    person = unique("P")
+    ids = sorted(unique("R") for _ in range(3))
+    rows = [_record(ids[0], unique("V")), replace(_record(ids[1], unique("V")), deleted=True), _record(ids[2], unique("V"))]
+    with UnitOfWork(db) as uow:
+        uow.records.write(RecordChanges(inserted=rows))
+        uow.mpi.write_links([LinkRow(r, person, "auto", 14.5, "v1", None, AT) for r in ids], [])
+        uow.commit()
+    with UnitOfWork(db) as uow:
+        members = uow.mpi.members([person])[person]
+        expected = [(m.source_system, m.source_value) for m in members if not m.deleted]
+        unknown = unique("P")
+        found = uow.mpi.identifiers([person, unknown])
+        assert found == {person: expected, unknown: []}
+        assert [v for _, v in found[person]] == [rows[0].source_value, rows[2].source_value]
