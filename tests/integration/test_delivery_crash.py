@@ -45,6 +45,26 @@ def _last_id(engine: object) -> int:
         return int(conn.execute(select(func.coalesce(func.max(outbox.c.id), 0))).scalar_one())
 
 
+def _outbox_states(engine: object, since: int, delivered: int, timeout: float) -> dict[str, int]:
+    """Outbox rows after `since` by state, once `delivered` of them are delivered (or at the timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with engine.connect() as conn:  # type: ignore[attr-defined]
+            states = dict(conn.execute(select(outbox.c.state, func.count()).where(outbox.c.id > since)
+                                       .group_by(outbox.c.state)).all())
+        if states.get("delivered", 0) == delivered or time.monotonic() > deadline:
+            return states
+        time.sleep(0.2)
+
+
+def _hub_env(database_url: str, routes: Path, data_dir: Path, **settings: str) -> dict[str, str]:
+    """`hub serve`'s environment: this database and routes file, free ports, embedded unless told otherwise."""
+    env = dict(os.environ, HUB_DATABASE_URL=database_url, HUB_ROUTES=str(routes), HUB_DATA_DIR=str(data_dir),
+               HUB_HTTP_PORT=str(free_port()), HUB_MLLP_PORT=str(free_port()), HUB_LOG_LEVEL="WARNING")
+    env.pop("HUB_REDIS_URL", None)
+    return env | settings
+
+
 def _serve(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     process = subprocess.Popen([sys.executable, "-m", "hub", "serve"], cwd=REPO, env=env,
                                stdout=open(log, "ab"), stderr=subprocess.STDOUT)
@@ -65,9 +85,7 @@ def test_kill_9_mid_burst_then_restart_delivers_everything_in_order(database_url
     receiver = FakeMllpReceiver(delay=0.003).start()
     routes = tmp_path / "routes.yaml"
     routes.write_text(ROUTES.format(port=receiver.port))
-    env = dict(os.environ, HUB_DATABASE_URL=database_url, HUB_ROUTES=str(routes), HUB_DATA_DIR=str(tmp_path),
-               HUB_HTTP_PORT=str(free_port()), HUB_MLLP_PORT=str(free_port()), HUB_LOG_LEVEL="WARNING")
-    env.pop("HUB_REDIS_URL", None)
+    env = _hub_env(database_url, routes, tmp_path)
     log = tmp_path / "hub.log"
     hub = _serve(env, log)
     engine = make_engine(database_url)
@@ -86,14 +104,7 @@ def test_kill_9_mid_burst_then_restart_delivers_everything_in_order(database_url
         assert 40 <= delivered_before < 300, delivered_before
 
         hub = _serve(env, log)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with engine.connect() as conn:
-                states = dict(conn.execute(select(outbox.c.state, func.count()).where(outbox.c.id > since)
-                                           .group_by(outbox.c.state)).all())
-            if states.get("delivered", 0) == 300:
-                break
-            time.sleep(0.2)
+        states = _outbox_states(engine, since, delivered=300, timeout=60)
         assert states == {"delivered": 300}, states
         with engine.connect() as conn:
             rows = conn.execute(select(outbox.c.id, outbox.c.ordering_key, outbox.c.idempotency_key,
@@ -125,10 +136,8 @@ def test_hub_worker_delivers_what_hub_serve_routes_over_redis(database_url: str,
     routes = tmp_path / "routes.yaml"
     routes.write_text(ROUTES.format(port=receiver.port))
     namespace = unique("hubtest")
-    env = dict(os.environ, HUB_DATABASE_URL=database_url, HUB_ROUTES=str(routes), HUB_DATA_DIR=str(tmp_path),
-               HUB_HTTP_PORT=str(free_port()), HUB_MLLP_PORT=str(free_port()), HUB_LOG_LEVEL="WARNING",
-               HUB_REDIS_URL=os.environ.get("HUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
-               HUB_REDIS_NAMESPACE=namespace, HUB_SWEEP_EVERY="0.5")
+    env = _hub_env(database_url, routes, tmp_path, HUB_REDIS_NAMESPACE=namespace, HUB_SWEEP_EVERY="0.5",
+                   HUB_REDIS_URL=os.environ.get("HUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
     hub = _serve(env, tmp_path / "hub.log")
     workers = [subprocess.Popen([sys.executable, "-m", "hub", "worker", "--processes", "1", "--threads", "2"],
                                 cwd=REPO, env=env, stdout=open(tmp_path / f"worker{n}.log", "wb"),
@@ -143,18 +152,8 @@ def test_hub_worker_delivers_what_hub_serve_routes_over_redis(database_url: str,
         while len(receiver.ids()) < 20 and time.monotonic() < deadline:
             time.sleep(0.01)
         os.killpg(workers[0].pid, signal.SIGKILL)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with engine.connect() as conn:
-                delivered = conn.execute(select(func.count()).select_from(outbox)
-                                         .where(outbox.c.state == "delivered", outbox.c.id > since)).scalar_one()
-            if delivered == 200:
-                break
-            time.sleep(0.2)
-        with engine.connect() as conn:
-            states = dict(conn.execute(select(outbox.c.state, func.count()).where(outbox.c.id > since)
-                                       .group_by(outbox.c.state)).all())
-        assert delivered == 200, (states, (tmp_path / "worker1.log").read_text()[-2000:])
+        states = _outbox_states(engine, since, delivered=200, timeout=60)
+        assert states.get("delivered", 0) == 200, (states, (tmp_path / "worker1.log").read_text()[-2000:])
         with engine.connect() as conn:
             rows = conn.execute(select(outbox.c.ordering_key, outbox.c.idempotency_key)
                                 .where(outbox.c.id > since).order_by(outbox.c.id)).all()

@@ -15,14 +15,21 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from adapters.transport.mllp import send_all
 from hub.store.engine import make_engine
 from hub.store.outbox import outbox
 from tests.conftest import adt, free_port, unique
 from tests.integration.delivery_fakes import FakeMllpReceiver, assert_per_patient_order
-from tests.integration.test_delivery_crash import REPO, ROUTES, _last_id, _serve
+from tests.integration.test_delivery_crash import (
+    REPO,
+    ROUTES,
+    _hub_env,
+    _last_id,
+    _outbox_states,
+    _serve,
+)
 
 
 class PrivateRedis:
@@ -64,10 +71,8 @@ def test_redis_restart_mid_burst_loses_nothing_and_keeps_order(database_url: str
     routes = tmp_path / "routes.yaml"
     routes.write_text(ROUTES.format(port=receiver.port))
     server = PrivateRedis(tmp_path / "redis.log").start()
-    env = dict(os.environ, HUB_DATABASE_URL=database_url, HUB_ROUTES=str(routes), HUB_DATA_DIR=str(tmp_path),
-               HUB_HTTP_PORT=str(free_port()), HUB_MLLP_PORT=str(free_port()), HUB_LOG_LEVEL="WARNING",
-               HUB_REDIS_URL=server.url, HUB_REDIS_NAMESPACE=unique("hubtest"), HUB_SWEEP_EVERY="0.5",
-               dramatiq_restart_delay="500")
+    env = _hub_env(database_url, routes, tmp_path, HUB_REDIS_URL=server.url, HUB_REDIS_NAMESPACE=unique("hubtest"),
+                   HUB_SWEEP_EVERY="0.5", dramatiq_restart_delay="500")
     hub = _serve(env, tmp_path / "hub.log")
     worker = subprocess.Popen([sys.executable, "-m", "hub", "worker", "--processes", "1", "--threads", "2"],
                               cwd=REPO, env=env, stdout=open(tmp_path / "worker.log", "wb"),
@@ -92,14 +97,7 @@ def test_redis_restart_mid_burst_loses_nothing_and_keeps_order(database_url: str
         assert len(acks) == 400 and all(b"MSA|AA" in a for a in acks)
         assert at_kill < 400, "Redis went down before the burst was delivered"
 
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            with engine.connect() as conn:
-                states = dict(conn.execute(select(outbox.c.state, func.count()).where(outbox.c.id > since)
-                                           .group_by(outbox.c.state)).all())
-            if states.get("delivered", 0) == 400:
-                break
-            time.sleep(0.2)
+        states = _outbox_states(engine, since, delivered=400, timeout=90)
         assert states == {"delivered": 400}, (states, (tmp_path / "worker.log").read_text()[-3000:])
         with engine.connect() as conn:
             rows = conn.execute(select(outbox.c.ordering_key, outbox.c.idempotency_key, outbox.c.attempts)

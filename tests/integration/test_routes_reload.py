@@ -24,7 +24,7 @@ from hub.store.outbox import outbox
 from hub.store.tables import messages
 from tests.conftest import adt, free_port, unique
 from tests.integration.delivery_fakes import FakeMllpReceiver
-from tests.integration.test_delivery_crash import _serve
+from tests.integration.test_delivery_crash import _hub_env, _serve
 
 DESTINATION = "  {name}: {{transport: mllp, host: 127.0.0.1, port: {port}, profile: ehr, timeout: 2, connect_timeout: 1}}\n"
 
@@ -48,9 +48,7 @@ def test_reload_mid_burst_switches_routes_without_losing_a_message(database_url:
     old, new = FakeMllpReceiver(delay=0.002).start(), FakeMllpReceiver().start()
     routes = tmp_path / "routes.yaml"
     routes.write_text(routes_file("old", old=old.port))
-    env = dict(os.environ, HUB_DATABASE_URL=database_url, HUB_ROUTES=str(routes), HUB_DATA_DIR=str(tmp_path),
-               HUB_HTTP_PORT=str(free_port()), HUB_MLLP_PORT=str(free_port()), HUB_LOG_LEVEL="INFO")
-    env.pop("HUB_REDIS_URL", None)
+    env = _hub_env(database_url, routes, tmp_path, HUB_LOG_LEVEL="INFO")
     log = tmp_path / "hub.log"
     hub = _serve(env, log)
     engine = make_engine(database_url)
