@@ -61,12 +61,17 @@ def create(c: httpx.Client, resource: dict) -> dict:
     return response.json()
 
 
-def history(response: httpx.Response) -> dict:
+def bundle_of(kind: str, response: httpx.Response) -> dict:
+    """The response's Bundle, checked: 200, of this type, valid FHIR."""
     assert response.status_code == 200, response.text
     bundle = response.json()
-    assert bundle["type"] == "history"
+    assert bundle["type"] == kind
     Bundle.model_validate(bundle)
     return bundle
+
+
+def history(response: httpx.Response) -> dict:
+    return bundle_of("history", response)
 
 
 def etags(bundle: dict) -> list[str]:
@@ -78,11 +83,7 @@ def next_url(bundle: dict) -> str | None:
 
 
 def searchset(response: httpx.Response) -> dict:
-    assert response.status_code == 200, response.text
-    bundle = response.json()
-    assert bundle["type"] == "searchset"
-    Bundle.model_validate(bundle)
-    return bundle
+    return bundle_of("searchset", response)
 
 
 def resources(bundle: dict, mode: str) -> dict[str, dict]:
