@@ -231,7 +231,7 @@ def _person_event(uow: UnitOfWork, notice: Notice, at: datetime, fmt: str) -> Ro
         message_id=0, event_index=0, feed="mpi", format="mpi",
         event=PatientEvent(event=notice.trigger, patient=patient, merged_identifier=merged),
         patient_key=f"{chosen.source_system}|{chosen.source_value}", patient_record_id=chosen.id,
-        enterprise_id=notice.person, identifiers=tuple((r.source_system, r.source_value) for r in rows), accepted_at=at,
+        enterprise_id=notice.person, identifiers=tuple(uow.mpi.identifiers([notice.person])[notice.person]), accepted_at=at,
     )
 
 
