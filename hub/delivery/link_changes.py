@@ -63,7 +63,7 @@ from typing import Any
 from hub.model import Identifier, Patient, PatientEvent
 from hub.outbound import Destination, Outbound, RoutedEvent
 from hub.routing.table import control_id
-from hub.store.outbox import known_destinations
+from hub.store.outbox import known_destinations, patient_ordering_keys
 from hub.store.uow import RecordRow, UnitOfWork, utcnow
 
 log = logging.getLogger("hub.delivery")
@@ -188,7 +188,7 @@ def _rows(
     uow: UnitOfWork, table: Any, targets: Mapping[str, Destination], notice: Notice, n: int, link_event: int,
     at: datetime,
 ) -> list[tuple[int | None, int, Outbound]]:
-    keys = _ordering_keys(uow, set(notice.to.values()))
+    keys = patient_ordering_keys(uow.conn, sorted(set(notice.to.values())))
     events = {fmt: _person_event(uow, notice, at, fmt) for fmt in {targets[d].format for d in notice.to}}
     rows: list[tuple[int | None, int, Outbound]] = []
     for name in sorted(notice.to):
@@ -201,10 +201,6 @@ def _rows(
         if outbound is not None:
             rows.append((None, n, outbound))
     return rows
-
-
-def _ordering_keys(uow: UnitOfWork, record_ids: Collection[str]) -> dict[str, str]:
-    return {r.id: f"{r.source_system}|{r.source_value}" for r in uow.records.get_many(list(record_ids)).values()}
 
 
 def _person_event(uow: UnitOfWork, notice: Notice, at: datetime, fmt: str) -> RoutedEvent | None:

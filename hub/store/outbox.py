@@ -556,7 +556,7 @@ def known_destinations(
     if not ids or not wanted:
         return {}
     found: dict[str, set[str]] = {}
-    key_of = _patient_keys_of(conn, ids)
+    key_of = patient_ordering_keys(conn, ids)
     by_key: dict[str, list[str]] = {}
     for record_id, key in key_of.items():
         by_key.setdefault(key, []).append(record_id)
@@ -570,7 +570,8 @@ def known_destinations(
     return found
 
 
-def _patient_keys_of(conn: Connection, ids: Sequence[str]) -> dict[str, str]:
+def patient_ordering_keys(conn: Connection, ids: Sequence[str]) -> dict[str, str]:
+    """Patient record id → its ordering key (`system|value`), the key its outbox rows go under."""
     out: dict[str, str] = {}
     for start in range(0, len(ids), KNOWN_BATCH):
         query = select(records.c.id, records.c.source_system, records.c.source_value).where(
