@@ -25,10 +25,10 @@ log = logging.getLogger("hub.api")
 def create_app(hub: Hub) -> FastAPI:
     app = FastAPI(title="hl7-hub", version="0.1.0", docs_url="/docs", redoc_url=None)
     app.state.hub = hub
+    app.include_router(fhir.router)  # the busiest, tried first (FastAPI tries routers in order; no paths are shared)
     app.include_router(health.router)
     app.include_router(hl7v2.router)
     app.include_router(csv.router)
-    app.include_router(fhir.router)
     app.include_router(admin.router)
     app.include_router(outbox_api.router)
     app.include_router(routes_api.router)

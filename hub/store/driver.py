@@ -7,7 +7,6 @@ the two column types that need it exactly as SQLAlchemy would have stored them.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from functools import cache
@@ -15,6 +14,8 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 from sqlalchemy import JSON, Connection, DateTime, Table
+
+from hub import jsoncodec
 
 
 def _identity(value: Any) -> Any:
@@ -41,7 +42,7 @@ def _converters(dialect: str, table: Table, columns: tuple[str, ...]) -> tuple[C
     for name in columns:
         kind = table.c[name].type
         if isinstance(kind, JSON):
-            dump = json.dumps if dialect == "sqlite" else Jsonb
+            dump = jsoncodec.dumps_text if dialect == "sqlite" else Jsonb
             out.append(lambda v, dump=dump: None if v is None else dump(v))
         elif isinstance(kind, DateTime) and dialect == "sqlite":
             out.append(_sqlite_datetime)
@@ -73,6 +74,43 @@ def insert_returning_id(conn: Connection, table: Table, row: dict[str, Any], on_
     columns = tuple(row)
     sql = _insert_sql(conn.dialect.name, table, columns, f" ON CONFLICT ({on_conflict}) DO NOTHING RETURNING id")
     return conn.exec_driver_sql(sql, _params(conn.dialect.name, table, columns, row)).scalar()
+
+
+def in_sql(template: str, dialect: str, count: int) -> str:
+    """`template` with its `{ids}` filled for `count` values: PostgreSQL takes one array parameter."""
+    if dialect == "postgresql":
+        return template.format(ids="= ANY(%s::text[])")  # str lists: psycopg leaves their type to the server
+    return template.format(ids=f"IN ({', '.join('?' * count)})")
+
+
+def fetch_in(conn: Connection, template: str, values: list[str]) -> list[tuple[Any, ...]]:
+    """Rows of a `{ids}` look-up (`WHERE x {ids}`), through the connection's own DB-API cursor (same
+    transaction): SQLAlchemy compiles an expanding IN anew for every count of values, at ~100 µs a call.
+    Values come back as the driver gives them: on SQLite, JSON is text, booleans are 0/1 and timestamps
+    are text (see `from_sqlite`). PostgreSQL's go unprepared: with one statement text for any number of
+    ids, psycopg would prepare it after five runs, and the server may keep a generic plan made while the
+    tables were small (measured: the MPI match step 3x slower in bench/mpi_link_cost.py --postgres)."""
+    dialect = conn.dialect.name
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        if dialect == "postgresql":
+            cursor.execute(in_sql(template, dialect, len(values)), (values,), prepare=False)
+        else:
+            cursor.execute(in_sql(template, dialect, len(values)), values)
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+def json_value(value: Any) -> Any:
+    """A JSON column as SQLAlchemy would give it: PostgreSQL's driver already parsed it, SQLite's did not."""
+    return jsoncodec.loads(value) if isinstance(value, str) else value
+
+
+def datetime_value(value: Any) -> Any:
+    """A timestamp as SQLAlchemy would give it: naive UTC from SQLite's text (which `_sqlite_datetime`
+    writes with its +00:00 and SQLAlchemy without), as parsed by PostgreSQL's driver otherwise."""
+    return datetime.fromisoformat(value).replace(tzinfo=None) if isinstance(value, str) else value
 
 
 COPY_FROM = 50

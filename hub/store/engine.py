@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from psycopg.types.json import set_json_dumps, set_json_loads
 from sqlalchemy import Engine, create_engine, event
+
+from hub import jsoncodec
+
+set_json_dumps(jsoncodec.dumps)  # psycopg's JSON/JSONB adaptation, for SQLAlchemy and driver-level statements alike
+set_json_loads(jsoncodec.loads)
 
 
 def make_engine(url: str) -> Engine:
+    codec = {"json_serializer": jsoncodec.dumps_text, "json_deserializer": jsoncodec.loads}
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **codec)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, **codec)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]

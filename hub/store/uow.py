@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, delete, false, func, select, text, update
 
 from hub.messages import InboundMessage, Problem, Status
-from hub.store.driver import insert_many, insert_returning_id, update_many
+from hub.store.driver import datetime_value, fetch_in, insert_many, insert_returning_id, json_value, update_many
 from hub.store.outbox import OutboxRepository
 from hub.store.search import conditions as search_conditions
 from hub.store.tables import messages, record_index, record_versions, records
@@ -174,11 +174,20 @@ _COLUMNS = ("id", "kind", "source_system", "source_value", "patient_id", "versio
             "message_id", "updated_at", "resource", "deleted")
 
 
-_BY_VALUES = select(records).where(records.c.source_value.in_(bindparam("values", expanding=True)))
-_IDS_BY_VALUES = (
-    select(records.c.id, records.c.kind, records.c.source_system, records.c.source_value)
-    .where(records.c.source_value.in_(bindparam("values", expanding=True)))
-)
+_ROW_COLUMNS = ("id", "kind", "source_system", "source_value", "patient_id", "version", "active", "data", "feed",
+                "message_id", "updated_at", "created_at", "resource", "deleted")
+_BY_VALUES = f"SELECT {', '.join(_ROW_COLUMNS)} FROM records WHERE source_value {{ids}}"
+_IDS_BY_VALUES = "SELECT id, kind, source_system, source_value FROM records WHERE source_value {ids}"
+
+
+def _record_row(r: tuple[Any, ...]) -> RecordRow:
+    """A driver row of `_ROW_COLUMNS` as SQLAlchemy would have typed it."""
+    (id_, kind, system, value, patient_id, version, active, data, feed, message_id, updated_at, created_at,
+     resource, deleted) = r
+    return RecordRow(
+        id_, kind, system, value, patient_id, version, bool(active), json_value(data), feed, message_id,
+        datetime_value(updated_at), datetime_value(created_at), json_value(resource), bool(deleted),
+    )
 
 
 class RecordRepository:
@@ -188,18 +197,18 @@ class RecordRepository:
     def by_sources(self, keys: Collection[SourceKey]) -> dict[SourceKey, RecordRow]:
         """Current rows for many (kind, system, value) keys: looked up by value (the unique index leads
         with it; a row-value IN makes SQLite scan the table), then matched on all three."""
-        return {key: RecordRow(**r._mapping) for key, r in self._by_sources(_BY_VALUES, keys)}
+        return {key: _record_row(r) for key, r in self._by_sources(_BY_VALUES, keys)}
 
     def ids_by_sources(self, keys: Collection[SourceKey]) -> dict[SourceKey, str]:
         """Like `by_sources`, the record ids only (nothing to decode: routing needs no data)."""
-        return {key: r.id for key, r in self._by_sources(_IDS_BY_VALUES, keys)}
+        return {key: r[0] for key, r in self._by_sources(_IDS_BY_VALUES, keys)}
 
-    def _by_sources(self, query: Any, keys: Collection[SourceKey]) -> Iterator[tuple[SourceKey, Any]]:
+    def _by_sources(self, query: str, keys: Collection[SourceKey]) -> Iterator[tuple[SourceKey, tuple[Any, ...]]]:
         wanted = set(keys)
         values = list({value for _, _, value in wanted})
         for start in range(0, len(values), 500):
-            for r in self.conn.execute(query, {"values": values[start : start + 500]}):
-                key = (r.kind, r.source_system, r.source_value)
+            for r in fetch_in(self.conn, query, values[start : start + 500]):
+                key = (r[1], r[2], r[3])  # kind, source_system, source_value
                 if key in wanted:
                     yield key, r
 

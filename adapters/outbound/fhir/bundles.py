@@ -10,13 +10,13 @@ the hub's own FHIR API (`mappings/fhir`).
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
 
 from adapters.outbound.kinds import adt_trigger, has_charges, has_results
+from hub import jsoncodec
 from hub.model import Encounter, Identifier, Observation, Order, Patient, PatientEvent, source_identifier
 from hub.outbound import RoutedEvent
 from mappings.fhir import patient as fhir_patient
@@ -60,7 +60,7 @@ class TransactionBuilder:
             "type": "transaction",
             "entry": self.entries,
         }
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return jsoncodec.dumps(body)
 
 
 def token(system: str, value: str) -> str:

@@ -9,6 +9,7 @@ from hub.api.fhir import history, mpi_ops, routes
 from hub.api.fhir.wire import acceptable, fhir_response, operation_outcome
 
 router = APIRouter(dependencies=[Depends(acceptable)])
+router.include_router(routes.writes)  # POST/PUT/DELETE: no other route takes these paths
 router.include_router(history.router)
 router.include_router(mpi_ops.router)  # golden records, Patient.link, $match, $ihe-pix: ahead of /{type}/{id}
 router.include_router(routes.router)

@@ -43,6 +43,9 @@ from hub.store.uow import RecordRow
 from mappings.fhir import search
 
 router = APIRouter(prefix="/fhir")
+writes = APIRouter(prefix="/fhir")
+"""The write interactions: matched first (FastAPI tries routes in order, at a cost per route tried); no read
+route shares their method and path shape, so the order changes no match."""
 
 READ = [Depends(requires(Permission.PATIENT_READ))]
 WRITE = [Depends(requires(Permission.PATIENT_WRITE))]
@@ -374,7 +377,7 @@ async def _submit(request: Request, resource_type: str, context: dict[str, Any])
     return error or _answer(request, resource_type, result)
 
 
-@router.post("/{resource_type}", dependencies=WRITE)
+@writes.post("/{resource_type}", dependencies=WRITE)
 async def create(resource_type: str, request: Request) -> Response:
     if resource_type not in KINDS:
         return _unknown_type(request, resource_type)
@@ -384,26 +387,26 @@ async def create(resource_type: str, request: Request) -> Response:
     return await _submit(request, resource_type, {"interaction": "create", "if_none_exist": if_none_exist})
 
 
-@router.put("/{resource_type}/{resource_id}", dependencies=WRITE)
+@writes.put("/{resource_type}/{resource_id}", dependencies=WRITE)
 async def update(resource_type: str, resource_id: str, request: Request) -> Response:
     if resource_type not in KINDS:
         return _unknown_type(request, resource_type)
     return await _submit(request, resource_type, {"interaction": "update", "id": resource_id, "if_match": request.headers.get("if-match")})
 
 
-@router.put("/{resource_type}", dependencies=WRITE)
+@writes.put("/{resource_type}", dependencies=WRITE)
 async def conditional_update(resource_type: str, request: Request) -> Response:
     return await _conditional(request, resource_type, "update", (400, "invalid", "update needs an id or search conditions"))
 
 
-@router.delete("/{resource_type}/{resource_id}", dependencies=WRITE)
+@writes.delete("/{resource_type}/{resource_id}", dependencies=WRITE)
 async def delete(resource_type: str, resource_id: str, request: Request) -> Response:
     if resource_type not in KINDS:
         return _unknown_type(request, resource_type)
     return await _submit(request, resource_type, {"interaction": "delete", "id": resource_id, "if_match": request.headers.get("if-match")})
 
 
-@router.delete("/{resource_type}", dependencies=WRITE)
+@writes.delete("/{resource_type}", dependencies=WRITE)
 async def conditional_delete(resource_type: str, request: Request) -> Response:
     return await _conditional(
         request, resource_type, "delete", (405, "not-supported", "deleting a whole resource type is not supported")
@@ -439,7 +442,7 @@ def _get_entry(request: Request, url: str) -> tuple[int, dict[str, Any]]:
     return status, body
 
 
-@router.post("", dependencies=WRITE)
+@writes.post("", dependencies=WRITE)
 async def transaction_or_batch(request: Request) -> Response:
     xml = wants_xml(request)
     try:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import HTTPException, Request
 from fastapi.responses import Response
 from fhir.resources.R4B import get_fhir_model_class
+
+from hub import jsoncodec
 
 FHIR_JSON = "application/fhir+json"
 FHIR_XML = "application/fhir+xml"
@@ -63,13 +64,17 @@ def negotiate(request: Request) -> str | None:
 async def acceptable(request: Request) -> None:
     """Router dependency: 406 (an OperationOutcome in JSON, see hub.api.app) before any work is done.
     Async on purpose: FastAPI runs a plain `def` dependency on its thread pool, a thread hop per request."""
-    if negotiate(request) is None:
+    chosen = negotiate(request)
+    if chosen is None:
         raise HTTPException(406, "not acceptable")
+    request.state.fhir_format = chosen
 
 
 def wants_xml(request: Request) -> bool:
-    """`_format` wins over `Accept`; JSON when neither names a FHIR format (406 is decided by `acceptable`)."""
-    return negotiate(request) == "xml"
+    """`_format` wins over `Accept`; JSON when neither names a FHIR format (406 is decided by `acceptable`,
+    which keeps its answer for the rest of the request)."""
+    chosen = getattr(request.state, "fhir_format", None) or negotiate(request)
+    return chosen == "xml"
 
 
 def body_is_xml(request: Request) -> bool:
@@ -93,8 +98,7 @@ def fhir_response(
         return Response(None, status, headers=headers)
     if xml:
         return Response(to_xml(body), status, headers=headers, media_type=f"{FHIR_XML}; charset=utf-8")
-    content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-    return Response(content, status, headers=headers, media_type=f"{FHIR_JSON}; charset=utf-8")
+    return Response(jsoncodec.dumps(body), status, headers=headers, media_type=f"{FHIR_JSON}; charset=utf-8")
 
 
 def outcome_body(code: str, diagnostics: str, expression: str | None = None, severity: str = "error") -> dict[str, Any]:
