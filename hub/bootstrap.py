@@ -28,6 +28,7 @@ from hub.delivery.engine import DeliveryEngine, TransportFactory
 from hub.delivery.outbox import Planner, Routing, RoutingUnitOfWork
 from hub.intake import Intake
 from hub.mpi.service import use_model_file
+from hub.processor import ProcessorLink, Report
 from hub.routing.reload import (
     default_pid_file,
     reload_routes,
@@ -35,7 +36,7 @@ from hub.routing.reload import (
     write_pid_file,
 )
 from hub.settings import Settings
-from hub.store.engine import make_engine
+from hub.store.engine import make_engine, writer_turns
 from hub.store.migrate import is_current, upgrade
 from hub.store.uow import UnitOfWork
 
@@ -58,6 +59,8 @@ class Hub:
     """The current routes (planner) and who processing nudges; `routes` holds their destinations."""
     routes: Any = None
     readers: dict[str, Any] = field(default_factory=dict)
+    routes_from_file: bool = True
+    """False when `build` was handed routes or a planner (tests): only this process has them, so it processes."""
     delivery: EmbeddedDelivery | None = None
     """The in-process delivery loop (no HUB_REDIS_URL); None when dramatiq workers deliver."""
 
@@ -75,6 +78,7 @@ class Hub:
             checks["database"] = f"unreachable ({type(exc).__name__})"
             checks["migrations"] = "unknown"
         checks["mllp"] = "ok" if self.mllp is not None and self.mllp.serving else "down"
+        checks["processing"] = "ok" if self.intake.processing_ready else "starting"
         return checks
 
 
@@ -119,6 +123,12 @@ def load_route_table(settings: Settings) -> Any:
     return load_routes(settings.routes)
 
 
+def inbound_readers() -> dict[str, Any]:
+    """Each stored format's full read (bytes → canonical events), for processing.
+    A stored CSV chunk is re-read with the mapping of its feed; one whose mapping cannot be found is marked failed."""
+    return {"hl7v2": read_message, "csv": read_chunk, "fhir": read_request}
+
+
 def build(
     settings: Settings, *, planner: Planner | None = None, routes: Any = None,
     transports: TransportFactory | None = None, sweep_every: float = 1.0,
@@ -127,9 +137,9 @@ def build(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.database)
     use_model_file(settings.mpi_model)  # HUB_MPI_MODEL: the model the master patient index matches with
-    # A stored CSV chunk is re-read with the mapping of its feed; one whose mapping cannot be found is marked failed.
-    readers = {"hl7v2": read_message, "csv": read_chunk, "fhir": read_request}
-    routes = routes if routes is not None or planner is not None else load_route_table(settings)
+    readers = inbound_readers()
+    injected = routes if routes is not None else planner
+    routes = routes if injected is not None else load_route_table(settings)
     routing = Routing(planner=planner or (routes.plan if routes is not None else None), table=routes)
     intake = Intake(partial(RoutingUnitOfWork, engine, routing), readers=readers, max_lag=settings.processing_max_lag)
     mode = AckMode(settings.mllp_ack_mode)
@@ -144,6 +154,7 @@ def build(
         routing=routing,
         routes=routes,
         readers=readers,
+        routes_from_file=injected is None,
     )
     _wire_delivery(hub, transports, sweep_every)
     return hub
@@ -167,12 +178,30 @@ def _wire_delivery(hub: Hub, transports: TransportFactory | None, sweep_every: f
     hub.routing.notify = hub.delivery.notify
 
 
+def _start_processor(hub: Hub) -> ProcessorLink:
+    """Processing in a child process: the intake nudges it and follows its reports; its new outbox rows
+    nudge delivery here (embedded) or the workers (dramatiq), as processing here would have."""
+
+    def on_report(report: Report) -> None:
+        hub.intake.processed_elsewhere(report.processed_upto)
+        if report.destinations and hub.routing.notify is not None:
+            hub.routing.notify(report.destinations)
+
+    link = ProcessorLink(hub.settings, on_report)
+    link.start()
+    turns = writer_turns(hub.engine)
+    hub.intake.process_elsewhere(link, turns.turn if turns is not None else None)
+    hub.routing.reloaded = link.reload_routes
+    return link
+
+
 async def serve(hub: Hub, started: asyncio.Event | None = None) -> None:
     """Run the HTTP API and the MLLP listener until SIGINT/SIGTERM."""
     from hub.api.app import create_app
 
     settings = hub.settings
     upgrade(hub.engine)
+    processor = _start_processor(hub) if settings.processing_process and hub.routes_from_file else None
     await hub.intake.start()
     if hub.delivery is not None:
         await hub.delivery.start()
@@ -200,6 +229,8 @@ async def serve(hub: Hub, started: asyncio.Event | None = None) -> None:
         remove_pid_file(pid_file)
         await hub.mllp.stop()
         await hub.intake.stop()
+        if processor is not None:
+            await processor.stop()
         if hub.delivery is not None:
             await hub.delivery.stop()
         hub.engine.dispose()

@@ -24,6 +24,10 @@ asyncio futures woken when processing passes their message (`accept_with_result`
 
 `wait_processed` gives readers read-your-writes: a FHIR read waits (briefly) until everything
 acknowledged before it began has been processed.
+
+With a processing process (`hub.processor`, HUB_PROCESSING_PROCESS, `process_elsewhere`) none of the
+turns above are taken here: the intake stores, nudges that process, and learns from its reports how far
+processing has come. FHIR writes are still stored and processed together here.
 """
 
 from __future__ import annotations
@@ -141,6 +145,9 @@ class Intake:
         """Messages stored with their events already read by the door (FHIR): processing need not read them again."""
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._work_to_do = True  # messages left pending by an earlier run are processed first
+        self._elsewhere: Any = None
+        self._writer_turn: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+        """The processing process's link (`hub.processor.ProcessorLink`), when processing runs there."""
         self._recovered = threading.Event()
         """Set once processing first found nothing pending: until then reads also wait for messages an
         earlier run stored (the watermarks only know this run's)."""
@@ -154,6 +161,28 @@ class Intake:
             await asyncio.gather(self._task, return_exceptions=True)
         self._writer.shutdown(wait=True)
 
+    def process_elsewhere(self, link: Any, turn: Callable[[], contextlib.AbstractContextManager[Any]] | None) -> None:
+        """From now on another process processes (`link.nudge()` after each store batch); its reports come
+        to `processed_elsewhere`. `turn`: what the writer holds around each call when the two processes
+        must take turns writing (SQLite, `hub.store.engine.WriterTurns`)."""
+        self._elsewhere = link
+        if turn is not None:
+            self._writer_turn = turn
+
+    @property
+    def processing_ready(self) -> bool:
+        """Processing runs: here, or in a processing process that has reported (it is up and reads the database)."""
+        return self._elsewhere is None or self._recovered.is_set()
+
+    def processed_elsewhere(self, upto: int) -> None:
+        """The processing process has processed every message up to `upto` (exactly: no guess about
+        messages an earlier run left, so readers may rely on it from the first report)."""
+        with self._watermark:
+            self._processed_upto = max(self._processed_upto, upto)
+            self._recovered.set()
+            self._watermark.notify_all()
+        self._wake_waiters()
+
     async def accept(self, message: InboundMessage) -> Outcome:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._senders.arrived()
@@ -166,7 +195,11 @@ class Intake:
     async def on_writer(self, call: Callable[..., T], *args: Any) -> T:
         """Run a blocking call on the writer thread, between storing and processing slices (one
         SQLite writer: other writes queue here rather than wait on the database's lock)."""
-        return await asyncio.get_running_loop().run_in_executor(self._writer, call, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._writer, self._in_turn, call, *args)
+
+    def _in_turn(self, call: Callable[..., T], *args: Any) -> T:
+        with self._writer_turn():
+            return call(*args)
 
     async def drain(self) -> None:
         """Wait until everything stored so far has been processed (CLI ingestion, tests)."""
@@ -246,7 +279,9 @@ class Intake:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if self._work_to_do and self._queue.empty():
+            if self._elsewhere is not None:
+                items = [await self._queue.get()]
+            elif self._work_to_do and self._queue.empty():
                 # A pause in arrivals is the moment to process, not before; while senders are
                 # active the pause must be longer, so that processing never slows their ACKs.
                 busy = time.monotonic() - self._last_store < 0.5
@@ -270,12 +305,12 @@ class Intake:
             batch = [m for m, _ in items]
             awaited = any(m.events for m in batch)
             if awaited:  # a door waits for the processing of these (FHIR): store and process in one go
-                outcomes, last, drained = await loop.run_in_executor(
-                    self._writer, store_and_process, self._uow_factory, self._readers, batch,
+                outcomes, last, drained = await self.on_writer(
+                    store_and_process, self._uow_factory, self._readers, batch,
                     max(self._process_batch, len(batch)), self._results, self._read,
                 )
             else:
-                outcomes = await loop.run_in_executor(self._writer, store_batch, self._uow_factory, batch)
+                outcomes = await self.on_writer(store_batch, self._uow_factory, batch)
             self._last_store = time.monotonic()
             stored = [o.message_id for o in outcomes if o.message_id is not None]
             if stored:
@@ -295,7 +330,7 @@ class Intake:
                         self._recovered.set()
                     self._watermark.notify_all()
                 self._wake_waiters()
-            else:
+            elif self._elsewhere is None:  # kept decoded for processing here (another process reads the bytes)
                 for message, outcome in zip(batch, outcomes, strict=True):
                     if (message.events or message.content) and message.status is Status.ACCEPTED \
                             and outcome.message_id is not None and outcome.duplicate_of is None \
@@ -304,6 +339,10 @@ class Intake:
             for (_, future), outcome in zip(items, outcomes, strict=True):
                 if not future.done():
                     future.set_result(outcome)
+            if self._elsewhere is not None:
+                if stored:
+                    self._elsewhere.nudge()
+                continue
             behind = self._behind_since is not None
             if self.backlog > self._max_backlog or (behind and (not self._burst() or self._due_probe())):
                 await self._process(loop)  # backpressure, a stream's turn, or a burst's probe turn
@@ -354,8 +393,8 @@ class Intake:
         max_events = self._busy_max_events if busy and not self._waiters else None
         started, before, stored_before = time.monotonic(), self._processed_upto, self._stored_upto
         try:
-            last = await loop.run_in_executor(
-                self._writer, process_pending, self._uow_factory, self._readers, limit, self._results, self._read,
+            last = await self.on_writer(
+                process_pending, self._uow_factory, self._readers, limit, self._results, self._read,
                 max_events,
             )
         except Exception as exc:  # noqa: BLE001 — never let the intake task die
@@ -363,7 +402,7 @@ class Intake:
             await asyncio.sleep(1)
             return
         self._took(time.monotonic() - started, before, last)
-        oldest = await loop.run_in_executor(self._writer, self._oldest_pending) if last is None else None
+        oldest = await self.on_writer(self._oldest_pending) if last is None else None
         if oldest is not None:
             # Another process holds the processing lock: not drained, but everything before its oldest
             # pending message is processed (readers and doors waiting for those may go on). Look again shortly.

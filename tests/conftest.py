@@ -117,8 +117,11 @@ def stop_hub(running: RunningHub, thread: threading.Thread) -> None:
 
 def hub_settings(database_url: str, data_dir: Path, **overrides: object) -> Settings:
     """Settings for a hub under test: free ports and no routes unless a test names a routes file
-    (the default `mappings/routes.yaml` sends to fixed local ports nobody listens on in most tests)."""
+    (the default `mappings/routes.yaml` sends to fixed local ports nobody listens on in most tests).
+    Processing on the writer thread unless a test asks for the processing process (tests that run
+    `hub serve` as a program use it, as do tests/integration/test_processor.py)."""
     overrides.setdefault("routes", data_dir / "no-routes.yaml")
+    overrides.setdefault("processing_process", False)
     return Settings(
         data_dir=data_dir, database_url=database_url, http_port=free_port(), mllp_port=free_port(), **overrides
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
@@ -39,6 +40,8 @@ class Routing:
     planner: Planner | None = None
     notify: Notify | None = None
     table: Any = None
+    reloaded: Callable[[Path], None] | None = None
+    """Told the file after each reload: another process that routes too (`hub.processor`) loads it again."""
     """The route table behind `planner` when it is one (`hub.routing.RouteTable`): MPI link-change
     notices read its destinations. Swapped with the planner on reload."""
 

@@ -59,10 +59,17 @@ def reload_routes(hub: Reloadable, path: Path | None = None) -> ReloadOutcome:
                       "routes stay", path, count, "" if count == 1 else "s")
             return ReloadOutcome(False, problems=list(exc.problems))
         hub.routes = table  # destinations first: a row planned by the new routes finds its destination
-        hub.routing.table = table
-        hub.routing.planner = table.plan
+        swap_routes(hub.routing, table)
+        if hub.routing.reloaded is not None:
+            hub.routing.reloaded(path)
     log.info("routes reloaded from %s: %s", path, table.summary())
     return ReloadOutcome(True, table.summary())
+
+
+def swap_routes(routing: Any, table: Any) -> None:
+    """Processing plans with `table` from now on (None: no routes, no outbox rows)."""
+    routing.table = table
+    routing.planner = table.plan if table is not None else None
 
 
 def default_pid_file(data_dir: Path) -> Path:

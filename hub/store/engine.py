@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
 from psycopg.types.json import set_json_dumps, set_json_loads
 from sqlalchemy import Engine, create_engine, event
 
@@ -31,3 +37,33 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     # page cache a bulk load evicts and re-reads index pages for nearly every row it adds.
     cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB, taken as pages are used (it counts in peak RSS)
     cursor.close()
+
+
+class WriterTurns:
+    """SQLite written by two processes (`hub serve` and its processing process): one writer at a time,
+    taking turns on a file lock beside the database. SQLite serialises writers too, but a writer that
+    finds the database locked sleeps in its busy handler (1, 2, 5 … 100 ms between tries) however soon
+    the lock is free; a process blocked on a file lock is woken the moment it is released."""
+
+    def __init__(self, engine: Engine) -> None:
+        database = engine.url.database
+        self._path = Path(f"{database}.writer-lock") if database and database != ":memory:" else None
+        self._fd: int | None = None
+
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        if self._path is None:
+            yield
+            return
+        if self._fd is None:
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)  # releases the GIL while it waits
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
+def writer_turns(engine: Engine) -> WriterTurns | None:
+    """The turns SQLite's writers take (None: PostgreSQL has row locks and the processing lock)."""
+    return WriterTurns(engine) if engine.dialect.name == "sqlite" else None

@@ -70,6 +70,10 @@ class NewMessage:
     error: str | None = None
 
 
+_PROCESSED_UPTO = select(
+    select(func.min(messages.c.id)).where(messages.c.state == "pending").scalar_subquery(),
+    select(func.max(messages.c.id)).scalar_subquery(),
+)
 # Built once: processing runs these for every slice (building a statement costs about as much as running it).
 _PENDING = (
     select(messages.c.id, messages.c.format, messages.c.feed, messages.c.raw, messages.c.context)
@@ -135,6 +139,12 @@ class MessageRepository:
         """What processing made of messages whose door answers with it (FHIR)."""
         if results:
             update_many(self.conn, messages, "id", [{"id": i, "result": r} for i, r in results.items()])
+
+    def processed_upto(self) -> int:
+        """Every message up to this id is processed (or needs no processing): the one below the oldest
+        pending, or the newest when none is pending. One statement: one snapshot."""
+        oldest, newest = self.conn.execute(_PROCESSED_UPTO).one()
+        return oldest - 1 if oldest is not None else newest or 0
 
     def processing_state(self, message_id: int) -> tuple[str | None, Any]:
         """(state, result) of one message: whether processing has passed it, in whichever process."""
@@ -355,7 +365,12 @@ class UnitOfWork:
     def try_lock(self, name: str) -> bool:
         """A transaction-scoped lock that only one process holds (PostgreSQL advisory lock).
 
-        SQLite needs none: its single writer already serialises every transaction."""
+        SQLite has one for all: its write lock, taken here (BEGIN IMMEDIATE, waiting for it as any writer
+        does) unless this transaction already writes. Processing reads then writes: with the write lock
+        taken first, no other process (`hub.processor`, a second `hub serve`) can change what it read."""
         if self.conn.dialect.name != "postgresql":
+            driver = self.conn.connection.driver_connection
+            if not driver.in_transaction:
+                driver.execute("BEGIN IMMEDIATE")
             return True
         return bool(self.conn.execute(text("SELECT pg_try_advisory_xact_lock(hashtext(:name))"), {"name": name}).scalar())

@@ -22,7 +22,7 @@ def test_health(running_hub: RunningHub) -> None:
         assert client.get("/health/live").status_code == 200
         ready = client.get("/health/ready")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"database": "ok", "migrations": "ok", "mllp": "ok"}
+    assert ready.json()["checks"] == {"database": "ok", "migrations": "ok", "mllp": "ok", "processing": "ok"}
 
 
 def test_post_hl7v2_status_follows_ack_code(running_hub: RunningHub) -> None:
