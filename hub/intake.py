@@ -310,7 +310,7 @@ class Intake:
                     max(self._process_batch, len(batch)), self._results, self._read,
                 )
             else:
-                outcomes = await self.on_writer(store_batch, self._uow_factory, batch)
+                outcomes, last, drained = await self.on_writer(store_batch, self._uow_factory, batch), None, False
             self._last_store = time.monotonic()
             stored = [o.message_id for o in outcomes if o.message_id is not None]
             if stored:
@@ -340,7 +340,7 @@ class Intake:
                 if not future.done():
                     future.set_result(outcome)
             if self._elsewhere is not None:
-                if stored:
+                if stored and not drained:  # (stored and processed here with nothing left: nothing to say)
                     self._elsewhere.nudge()
                 continue
             behind = self._behind_since is not None
