@@ -37,6 +37,9 @@ and a FHIR write waiting for the processing lock waits one slice (~0.1-0.2 s) at
 SQLITE_TURN = 0.025
 """On SQLite storing waits while a slice holds the write lock: slices of about this many seconds keep
 an ACK from waiting longer (sized by the measured cost per message)."""
+POSTGRES_TURN = 0.05
+"""On PostgreSQL storing does not wait for processing; a message waits for the slice in progress and its
+own, so slices of about this many seconds bound that wait (their fixed cost: a commit, a few round trips)."""
 IDLE_CHECK = 0.5
 """With no nudge, look for pending messages this often (left by an earlier run, or stored by another process)."""
 
@@ -126,21 +129,27 @@ class ProcessorLink:
 
 
 class SliceSize:
-    """Messages per slice: `MAX_SLICE`, or as many as fit in `turn` seconds at the recent cost per message
-    (learnt from full slices only: a slice that drained the backlog says little about the cost)."""
+    """Messages per slice: as many as fit in `turn` seconds at the recent cost per message while processing
+    keeps up; doubled (up to `MAX_SLICE`) after each slice that left more pending, since a behind
+    processing needs the throughput of big slices more than short waits (learnt from full slices only:
+    one that drained the backlog says little about the cost)."""
 
-    def __init__(self, turn: float | None, seconds_per_message: float = 0.002) -> None:
+    def __init__(self, turn: float, seconds_per_message: float = 0.002) -> None:
         self._turn = turn
         self._seconds_per_message = seconds_per_message
+        self._limit = self._base()
 
-    def next(self) -> int:
-        if self._turn is None:
-            return MAX_SLICE
+    def _base(self) -> int:
         return max(5, min(MAX_SLICE, int(self._turn / self._seconds_per_message)))
 
-    def took(self, seconds: float, full_slice: int) -> None:
-        if full_slice:
-            self._seconds_per_message += 0.2 * (seconds / full_slice - self._seconds_per_message)
+    def next(self) -> int:
+        return self._limit
+
+    def took(self, seconds: float, processed: int) -> None:
+        full = processed >= self._limit
+        if full:
+            self._seconds_per_message += 0.2 * (seconds / processed - self._seconds_per_message)
+        self._limit = min(MAX_SLICE, max(self._base(), self._limit * 2)) if full else self._base()
 
 
 # ----------------------------------------------------------------------------------------- the child
@@ -178,7 +187,7 @@ def _process_until_parent_leaves(conn: Connection, settings: Any) -> None:
     turn = turns.turn if turns is not None else contextlib.nullcontext
     reported = -1
     more = True
-    slices = SliceSize(SQLITE_TURN if turns is not None else None)
+    slices = SliceSize(SQLITE_TURN if turns is not None else POSTGRES_TURN)
     try:
         while True:
             if not more:
@@ -186,12 +195,12 @@ def _process_until_parent_leaves(conn: Connection, settings: Any) -> None:
             if not _read_requests(conn, routing, settings):
                 return
             try:
-                limit, started = slices.next(), time.monotonic()
+                started = time.monotonic()
                 with turn():
-                    more = process_pending(uow_factory, readers, limit) is not None
+                    more = process_pending(uow_factory, readers, slices.next()) is not None
                 seconds = time.monotonic() - started
                 upto = _processed_upto(uow_factory)
-                slices.took(seconds, limit if upto - max(reported, 0) >= limit else 0)
+                slices.took(seconds, upto - max(reported, 0))  # ids are consecutive: about the messages processed
             except Exception as exc:  # noqa: BLE001 — the database may be down a while: try again
                 log.error("processing failed (%s); trying again in a second", type(exc).__name__)
                 more = False
