@@ -178,6 +178,13 @@ def _wire_delivery(hub: Hub, transports: TransportFactory | None, sweep_every: f
     hub.routing.notify = hub.delivery.notify
 
 
+def _processing_process(hub: Hub) -> bool:
+    """HUB_PROCESSING_PROCESS, by default on with PostgreSQL only (see Settings); never for a hub built
+    with routes or a planner handed in, which only this process has."""
+    wanted = hub.settings.processing_process
+    return hub.routes_from_file and (wanted if wanted is not None else hub.engine.dialect.name == "postgresql")
+
+
 def _start_processor(hub: Hub) -> ProcessorLink:
     """Processing in a child process: the intake nudges it and follows its reports; its new outbox rows
     nudge delivery here (embedded) or the workers (dramatiq), as processing here would have."""
@@ -201,7 +208,7 @@ async def serve(hub: Hub, started: asyncio.Event | None = None) -> None:
 
     settings = hub.settings
     upgrade(hub.engine)
-    processor = _start_processor(hub) if settings.processing_process and hub.routes_from_file else None
+    processor = _start_processor(hub) if _processing_process(hub) else None
     await hub.intake.start()
     if hub.delivery is not None:
         await hub.delivery.start()

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -162,6 +163,7 @@ def child_main(conn: Connection, settings_values: dict[str, Any]) -> None:
 
     settings = Settings(**settings_values)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is the server's to do; it tells us through the pipe
     try:
         _process_until_parent_leaves(conn, settings)
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the parent stops us
@@ -192,7 +194,7 @@ def _process_until_parent_leaves(conn: Connection, settings: Any) -> None:
         while True:
             if not more:
                 conn.poll(IDLE_CHECK)  # until the parent says something (or look anyway)
-            if not _read_requests(conn, routing, settings):
+            if not _take_requests(conn, routing, settings):
                 return
             try:
                 started = time.monotonic()
@@ -216,8 +218,8 @@ def _process_until_parent_leaves(conn: Connection, settings: Any) -> None:
         engine.dispose()
 
 
-def _read_requests(conn: Connection, routing: Any, settings: Any) -> bool:
-    """Take every request the parent sent; False when it has gone."""
+def _take_requests(conn: Connection, routing: Any, settings: Any) -> bool:
+    """Take every request the parent sent (nudges, route reloads); False when it has gone."""
     from hub.bootstrap import load_route_table
     from hub.routing.reload import swap_routes
 

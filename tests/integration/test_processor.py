@@ -1,4 +1,4 @@
-"""`hub serve` processes in a child process of its own (HUB_PROCESSING_PROCESS, on by default): what is
+"""`hub serve` processes in a child process of its own (HUB_PROCESSING_PROCESS; by default with PostgreSQL): what is
 stored is processed and delivered in order there, a FHIR write still gets its answer from its own
 processing, route reloads reach the child, a killed child is replaced without losing anything, and the
 child never outlives the server (kill -9 of `hub serve` included)."""
@@ -50,7 +50,7 @@ def _start(database_url: str, tmp_path: Path, port: int) -> tuple[dict[str, str]
     routes = tmp_path / "routes.yaml"
     routes.write_text(ROUTES.format(port=port))
     env = _hub_env(database_url, routes, tmp_path)
-    env.pop("HUB_PROCESSING_PROCESS", None)  # the default: a processing process
+    env["HUB_PROCESSING_PROCESS"] = "true"  # (the default with PostgreSQL; SQLite's is false)
     return env, _serve(env, tmp_path / "hub.log")
 
 
@@ -188,3 +188,24 @@ def test_a_route_reload_reaches_the_processing_process(database_url: str, tmp_pa
         _stop(server)
         old.stop()
         new.stop()
+
+
+def test_by_default_postgresql_gets_a_processing_process_and_sqlite_does_not(database_url: str, tmp_path: Path) -> None:
+    receiver = FakeMllpReceiver().start()
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(ROUTES.format(port=receiver.port))
+    env = _hub_env(database_url, routes, tmp_path)
+    env.pop("HUB_PROCESSING_PROCESS", None)
+    server = _serve(env, tmp_path / "hub.log")
+    try:
+        if database_url.startswith("postgresql"):
+            assert _processor_pid(server)
+        else:
+            time.sleep(1)
+            children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+            assert not [pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        _send(env, [adt(trigger="A08")], connections=1)
+        assert receiver.wait_for(1), "processed and delivered either way"
+    finally:
+        _stop(server)
+        receiver.stop()
