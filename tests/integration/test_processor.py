@@ -11,9 +11,10 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import Engine, Row, select
 
 from adapters.transport.mllp import send_all
 from hub.store.engine import make_engine
@@ -46,11 +47,17 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _start(database_url: str, tmp_path: Path, port: int) -> tuple[dict[str, str], subprocess.Popen[bytes]]:
+def _start(
+    database_url: str, tmp_path: Path, port: int, processing_process: str | None = "true",
+) -> tuple[dict[str, str], subprocess.Popen[bytes]]:
+    """`hub serve` routing ADT to an MLLP receiver on `port`; HUB_PROCESSING_PROCESS as given (None: the
+    default, on with PostgreSQL, off with SQLite)."""
     routes = tmp_path / "routes.yaml"
     routes.write_text(ROUTES.format(port=port))
     env = _hub_env(database_url, routes, tmp_path)
-    env["HUB_PROCESSING_PROCESS"] = "true"  # (the default with PostgreSQL; SQLite's is false)
+    env.pop("HUB_PROCESSING_PROCESS", None)
+    if processing_process is not None:
+        env["HUB_PROCESSING_PROCESS"] = processing_process
     return env, _serve(env, tmp_path / "hub.log")
 
 
@@ -62,6 +69,13 @@ def _send(env: dict[str, str], frames: list[bytes], connections: int = 4) -> lis
         return await asyncio.gather(*(send_all("127.0.0.1", port, frames[c::connections]) for c in range(connections)))
 
     return [ack for acks in asyncio.run(all_connections()) for ack in acks]
+
+
+def _outbox_rows(engine: Engine, since: int) -> list[Row[Any]]:
+    """This test's outbox rows (ordering and idempotency keys), oldest first."""
+    with engine.connect() as conn:
+        return list(conn.execute(select(outbox.c.ordering_key, outbox.c.idempotency_key)
+                                 .where(outbox.c.id > since).order_by(outbox.c.id)))
 
 
 def _stop(server: subprocess.Popen[bytes]) -> None:
@@ -83,9 +97,7 @@ def test_a_burst_is_processed_in_the_processing_process_and_delivered_in_order(d
         acks = _send(env, [adt(mrn=patients[n % 20], trigger="A08") for n in range(200)])
         assert all(b"MSA|AA" in a for a in acks)
         assert _outbox_states(engine, since, delivered=200, timeout=60) == {"delivered": 200}
-        with engine.connect() as conn:
-            rows = conn.execute(select(outbox.c.ordering_key, outbox.c.idempotency_key)
-                                .where(outbox.c.id > since).order_by(outbox.c.id)).all()
+        rows = _outbox_rows(engine, since)
         assert_per_patient_order(rows, receiver.ids())
         assert _alive(child) and _processor_pid(server) == child, "the same processing process did the work"
     finally:
@@ -145,9 +157,7 @@ def test_a_killed_processing_process_is_replaced_and_nothing_is_lost(database_ur
         second = _processor_pid(server)
         assert second != first
         assert len(set(receiver.ids())) == 300
-        with engine.connect() as conn:
-            rows = conn.execute(select(outbox.c.ordering_key, outbox.c.idempotency_key)
-                                .where(outbox.c.id > since).order_by(outbox.c.id)).all()
+        rows = _outbox_rows(engine, since)
         assert len(rows) == 300, "each message routed once: the killed slice left nothing behind"
         assert_per_patient_order(rows, receiver.ids())
     finally:
@@ -192,11 +202,7 @@ def test_a_route_reload_reaches_the_processing_process(database_url: str, tmp_pa
 
 def test_by_default_postgresql_gets_a_processing_process_and_sqlite_does_not(database_url: str, tmp_path: Path) -> None:
     receiver = FakeMllpReceiver().start()
-    routes = tmp_path / "routes.yaml"
-    routes.write_text(ROUTES.format(port=receiver.port))
-    env = _hub_env(database_url, routes, tmp_path)
-    env.pop("HUB_PROCESSING_PROCESS", None)
-    server = _serve(env, tmp_path / "hub.log")
+    env, server = _start(database_url, tmp_path, receiver.port, processing_process=None)
     try:
         if database_url.startswith("postgresql"):
             assert _processor_pid(server)
