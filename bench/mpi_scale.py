@@ -31,6 +31,7 @@ import platform
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +44,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from bench import mpi_synth
-from bench.csv_import import HEADER, baseline, count_records, door_only, run_import
+from bench.csv_import import HEADER, ROOT, baseline, count_records, door_only
 from hub.mpi.blocking import blocking_keys
 from hub.mpi.compare import features_of_data
 from hub.mpi.service import link_batch
@@ -221,12 +222,40 @@ def write_csv(path: Path, rows: int, seed: int) -> None:
             ])
 
 
-def bulk(path: Path, db: str, tmp: Path, pg_url: str | None) -> dict[str, Any]:
+_IMPORT = (
+    "import resource,subprocess,sys,time\n"
+    "t=time.perf_counter()\n"
+    "p=subprocess.run(sys.argv[1:],capture_output=True,text=True)\n"
+    "dt=time.perf_counter()-t\n"
+    "sys.stderr.write(p.stderr[-3000:])\n"
+    "u=resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "print(p.returncode, dt, u.ru_maxrss, u.ru_utime + u.ru_stime)\n"
+    "print(p.stdout)\n"
+)
+
+
+def run_import(path: Path, env: dict[str, str], chunk_rows: int | None) -> dict[str, Any]:
+    """`hub import-csv` in a subprocess: wall seconds, peak RSS and CPU seconds (user + system) of the
+    import process — on a shared machine its CPU time per row is the steadier figure. (PostgreSQL's own
+    CPU, in the server's processes, is not in it.)"""
+    cmd = [sys.executable, "-c", _IMPORT, sys.executable, "-m", "hub", "import-csv", str(path), "--mapping", "registry"]
+    if chunk_rows:
+        cmd += ["--chunk-rows", str(chunk_rows)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+    first, *rest = result.stdout.splitlines()
+    rc, seconds, rss, cpu = first.split()
+    if int(rc) != 0:
+        raise SystemExit(f"import failed (exit {rc}):\n{result.stderr[-3000:]}")
+    return {"seconds": float(seconds), "peak_rss_mb": int(rss) / 1024, "cpu_seconds": float(cpu),
+            "summary": " ".join(rest).strip()}
+
+
+def bulk(path: Path, db: str, tmp: Path, pg_url: str | None, chunk_rows: int | None = None) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
     env["HUB_DATA_DIR"] = str(tmp / f"bulk_{db}")
     env["HUB_LOG_LEVEL"] = "WARNING"
     env["HUB_DATABASE_URL"] = pg_url or f"sqlite:///{tmp / f'bulk_{db}' / 'hub.db'}"
-    result = run_import(path, env)
+    result = run_import(path, env, chunk_rows)
     return {**result, "patients": count_records(env["HUB_DATABASE_URL"])}
 
 
@@ -256,6 +285,7 @@ def main() -> None:
     parser.add_argument("--skip-online", action="store_true")
     parser.add_argument("--skip-bulk", action="store_true")
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--chunk-rows", type=int, help="`hub import-csv --chunk-rows` (rows per stored message and processing batch)")
     parser.add_argument("--markdown-out", type=Path)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="hub_mpi_scale_"))
@@ -284,7 +314,7 @@ def main() -> None:
 
                     pg = create_postgres_database()
                 try:
-                    result = bulk(path, db, tmp, pg)
+                    result = bulk(path, db, tmp, pg, args.chunk_rows)
                 finally:
                     if pg:
                         drop_postgres_database(pg)
@@ -309,7 +339,8 @@ def _online_row(db: str, persons: int, loaded: float, r: dict[str, Any]) -> str:
 
 def _bulk_row(db: str, rows: int, r: dict[str, Any], base: dict[str, float], door: dict[str, float]) -> str:
     return (f"| bulk `hub import-csv`, {db} | {rows:,} rows → {r['patients']:,} patient records | "
-            f"{r['seconds']:.0f} s ({rows / r['seconds']:,.0f} rows/s, {r['seconds'] * 1000 / rows:.2f} ms a row), "
+            f"{r['seconds']:.0f} s ({rows / r['seconds']:,.0f} rows/s, {r['seconds'] * 1000 / rows:.2f} ms a row; "
+            f"CPU {r['cpu_seconds'] * 1000 / rows:.2f} ms a row), "
             f"peak RSS {r['peak_rss_mb']:.0f} MB | stdlib csv alone {base['seconds']:.1f} s; CSV door alone "
             f"(store, no processing, SQLite) {door['seconds']:.0f} s |")
 
@@ -322,7 +353,7 @@ def _markdown(args: argparse.Namespace, rows: list[str]) -> str:
         (f"- machine: nproc {os.cpu_count()}, Python {platform.python_version()}, {platform.system()} "
          f"{platform.machine()}, load average {os.getloadavg()[0]:.1f} at the end (machine shared with other work)"),
         (f"- command: `python -m bench.mpi_scale --persons {args.persons} --incoming {args.incoming} --rows {args.rows} "
-         f"--db {args.db}{' --skip-online' if args.skip_online else ''}{' --skip-bulk' if args.skip_bulk else ''}`"),
+         f"--db {args.db}{f' --chunk-rows {args.chunk_rows}' if args.chunk_rows else ''}{' --skip-online' if args.skip_online else ''}{' --skip-bulk' if args.skip_bulk else ''}`"),
         "",
         "| what | size | measured | baseline (same run) |",
         "|---|---|---|---|",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import jellyfish
 import yaml
-from rapidfuzz.distance import JaroWinkler
+from rapidfuzz.distance import Hamming, JaroWinkler
 from rapidfuzz.fuzz import token_sort_ratio
 
 from hub.model import Patient
@@ -411,15 +411,34 @@ def compare_dob(a: Features, b: Features) -> str:
     return DIFFERENT
 
 
+_hamming = Hamming.distance
+"""Positions that differ (C, rapidfuzz); only ever called on strings of equal length (it pads others)."""
+
+
 def _one_substitution(x: str, y: str) -> bool:
-    return len(x) == len(y) and sum(c != d for c, d in zip(x, y)) == 1
+    return len(x) == len(y) and _hamming(x, y) == 1
 
 
 def _adjacent_transposition(x: str, y: str) -> bool:
-    if len(x) != len(y):
+    if len(x) != len(y) or _hamming(x, y) != 2:
         return False
     diff = [i for i, (c, d) in enumerate(zip(x, y)) if c != d]
-    return len(diff) == 2 and diff[1] == diff[0] + 1 and x[diff[0]] == y[diff[1]] and x[diff[1]] == y[diff[0]]
+    return diff[1] == diff[0] + 1 and x[diff[0]] == y[diff[1]] and x[diff[1]] == y[diff[0]]
+
+
+def _digits_level(x: str, y: str) -> str:
+    """Two different digit strings: "typo" (one substituted), "transposed" (two adjacent swapped) or
+    DIFFERENT — `_one_substitution` then `_adjacent_transposition`, counting the differences once."""
+    if len(x) != len(y):
+        return DIFFERENT
+    differ = _hamming(x, y)
+    if differ == 1:
+        return "typo"
+    if differ == 2:
+        diff = [i for i, (c, d) in enumerate(zip(x, y)) if c != d]
+        if diff[1] == diff[0] + 1 and x[diff[0]] == y[diff[1]] and x[diff[1]] == y[diff[0]]:
+            return "transposed"
+    return DIFFERENT
 
 
 def compare_national_id(a: Features, b: Features) -> str:
@@ -428,31 +447,31 @@ def compare_national_id(a: Features, b: Features) -> str:
         return MISSING
     if x == y:
         return "exact"
-    if _one_substitution(x, y):
-        return "typo"
-    if _adjacent_transposition(x, y):
-        return "transposed"
-    return DIFFERENT
+    return _digits_level(x, y)
 
 
 def compare_phone(a: Features, b: Features) -> str:
-    if not a.phones or not b.phones:
+    xs, ys = a.phones, b.phones
+    if not xs or not ys:
         return MISSING
-    if set(a.phones) & set(b.phones):
-        return "exact"
+    for x in xs:  # tuples of a number or two: membership, not two sets per pair
+        if x in ys:
+            return "exact"
     # a 7-digit local number against a 10-digit one, or one mistyped digit
-    for x in a.phones:
-        for y in b.phones:
-            if x[-7:] == y[-7:] or _one_substitution(x, y) or _adjacent_transposition(x, y):
+    for x in xs:
+        for y in ys:
+            if x[-7:] == y[-7:] or _digits_level(x, y) != DIFFERENT:
                 return "typo"
     return DIFFERENT
 
 
 def compare_email(a: Features, b: Features) -> str:
-    if not a.emails or not b.emails:
+    xs, ys = a.emails, b.emails
+    if not xs or not ys:
         return MISSING
-    if set(a.emails) & set(b.emails):
-        return "exact"
+    for x in xs:
+        if x in ys:
+            return "exact"
     # the same mailbox name at another provider; close-but-different local parts are not
     # evidence: JOHN.SMITH12 and JOHN.SMITH45 are two people with a common name
     locals_a = {x.split("@", 1)[0] for x in a.emails}
@@ -531,11 +550,17 @@ _NOT_CLOSE = frozenset({"different", "phonetic", "jw85"})
 
 
 def compare_pair(a: Features, b: Features) -> tuple[dict[str, str], bool]:
-    """Every field's level, and whether the names only agree once given/family are swapped."""
-    levels = {field: fn(a, b) for field, fn in COMPARATORS.items()}
+    """Every field's level (in COMPARATORS' order), and whether the names only agree once given/family
+    are swapped. The calls are written out: a pair costs ~1 µs less than looping over COMPARATORS."""
+    given, family = compare_given(a, b), compare_family(a, b)
+    levels = {
+        "given": given, "family": family, "birth_date": compare_dob(a, b), "national_id": compare_national_id(a, b),
+        "phone": compare_phone(a, b), "email": compare_email(a, b), "postal_code": compare_postal(a, b),
+        "address": compare_address(a, b), "gender": compare_gender(a, b),
+    }
     if (
-        levels["given"] in _NOT_CLOSE
-        and levels["family"] in _NOT_CLOSE
+        given in _NOT_CLOSE
+        and family in _NOT_CLOSE
         and a.given
         and a.family
         and b.given

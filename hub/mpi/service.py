@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
-from collections.abc import Collection, Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -29,6 +29,7 @@ from hub.mpi.compare import Features, features, features_of_data
 from hub.mpi.decide import Decision, decide
 from hub.mpi.model import Explanation, Model, load_model
 from hub.mpi.survivorship import SourceRecord, golden
+from hub.records import new_record_id
 from hub.recordset import RecordSet
 from hub.store.driver import COPY_FROM
 from hub.store.mpi import Candidate, LinkRow, Member, PersonRow
@@ -54,12 +55,29 @@ Measured (bench/mpi_link_cost.py, 20,000 synthetic persons, 47,898 records, wher
 hold ~90 records): no cut 25,085 persons, pairwise precision 0.9920 / recall 0.7978; cut at 30:
 25,084 persons, 0.9933 / 0.7982 — the records left unscored were not the ones that mattered."""
 
+LARGE_BLOCK = 64
+"""A block naming this many records is not read whole for every batch: its size is counted and only its
+first records (`block_heads`) and those sharing another key with an incoming record are read. Exactly the
+candidates reading it whole would give (see `_Batch._load_large`), at a cost that no longer grows with the
+block: at a million persons a common surname and birth year names ~1,000 records, and reading them for
+every batch was most of the match step's growth with size."""
+
+BULK_ROWS = 100
+"""A batch this large (a CSV chunk, a re-match) is looked up with plain plans (see `MpiRepository.plain_plans`)
+and, on PostgreSQL, reads its large blocks in part (`_Batch._reads_in_part`)."""
+
 _model: Model | None = None
 _frequent_keys: dict[str, set[str]] = {}
 """Per database: keys found naming MAX_KEY_RECORDS records or more (a key's records only grow; a restart
 re-learns them)."""
-_features: dict[tuple[str, int], Features] = {}
-_FEATURES_CACHE = 50_000
+_large_keys: dict[str, set[str]] = {}
+"""Per database: keys found naming LARGE_BLOCK records or more (bounded: at most one per LARGE_BLOCK key rows)."""
+_features: OrderedDict[tuple[str, int], Features] = OrderedDict()
+_FEATURES_CACHE = 150_000
+"""Normalised record versions kept (least recently used dropped first; ~0.8 KB each, ~120 MB at most):
+candidates recur from batch to batch (a large block's first records for every batch, a household's phone),
+and one not kept costs its data read back and normalised again (~40 µs); but memory must stay flat over
+a million rows (this cache was unbounded: 639 MB of RSS at 200,000 rows)."""
 
 
 class MpiError(Refused):
@@ -88,18 +106,25 @@ def _load_features(uow: UnitOfWork, wanted: Collection[tuple[str, int]]) -> dict
     rest read in one query and normalised once."""
     found: dict[str, Features] = {}
     missing = []
-    for record_id, version in wanted:
-        cached = _features.get((record_id, version))
+    for key in wanted:
+        cached = _features.get(key)
         if cached is None:
-            missing.append(record_id)
+            missing.append(key[0])
         else:
-            found[record_id] = cached
+            _features.move_to_end(key)
+            found[key[0]] = cached
     if missing:
-        if len(_features) + len(missing) > _FEATURES_CACHE:
-            _features.clear()
         for record_id, (version, data) in uow.mpi.record_data(missing).items():
-            found[record_id] = _features[(record_id, version)] = features_of_data(data)
+            found[record_id] = _remember_features(record_id, version, features_of_data(data))
     return found
+
+
+def _remember_features(record_id: str, version: int, f: Features) -> Features:
+    _features[(record_id, version)] = f
+    _features.move_to_end((record_id, version))
+    while len(_features) > _FEATURES_CACHE:
+        _features.popitem(last=False)
+    return f
 
 
 def explanation_dict(e: Explanation) -> dict[str, Any]:
@@ -182,10 +207,12 @@ def match_candidates(uow: UnitOfWork, patient: Patient, limit: int = 10) -> list
 
 def stored_candidates(
     record_id: str | None, keys: Sequence[str], candidates: dict[str, list[Candidate]], frequent: Collection[str],
+    sizes: Mapping[str, int] | None = None,
 ) -> list[Candidate]:
     """The stored records sharing a key with this one, in first-seen order. Past MAX_SCORED, only
-    the MAX_SCORED sharing the most keys (ties: found in the smaller block) are kept — the others
-    were found by one common key alone (a surname and birth year among a million persons)."""
+    the MAX_SCORED sharing the most keys (ties: found in the smaller block, then first seen) are kept —
+    the others were found by one common key alone (a surname and birth year among a million persons).
+    `sizes`: blocks' true sizes where `candidates` holds part of a block (`_Batch._load_large`)."""
     found: dict[str, Candidate] = {}
     shared: dict[str, int] = {}
     rarest: dict[str, int] = {}
@@ -193,11 +220,12 @@ def stored_candidates(
         if key in frequent:
             continue
         block = candidates.get(key, ())
+        size = sizes.get(key, len(block)) if sizes else len(block)
         for c in block:
             if c.record_id in shared:
                 shared[c.record_id] += 1
             elif c.record_id != record_id:
-                found[c.record_id], shared[c.record_id], rarest[c.record_id] = c, 1, len(block)
+                found[c.record_id], shared[c.record_id], rarest[c.record_id] = c, 1, size
     if len(found) <= MAX_SCORED:
         return list(found.values())
     keep = set(sorted(found, key=lambda r: (-shared[r], rarest[r]))[:MAX_SCORED])
@@ -227,6 +255,7 @@ class _Batch:
         self.changed_links: dict[str, LinkRow] = {}
         self.rows: dict[str, _Row] = {}
         self.candidates: dict[str, list[Candidate]] = {}
+        self.sizes: dict[str, int] = {}
         self.stored_features: dict[str, Features] = {}
         self.frequent: set[str] = set()
         self.batch_keys: dict[str, list[str]] = {}
@@ -246,6 +275,7 @@ class _Batch:
         self.reinactivate: list[RecordRow] = []
         self.waiting_merges: dict[tuple[str, str], tuple[int, str]] = {}  # A40s waiting for a batch record
         self.force = False
+        self.folded = False  # a merge moved stored records: persons made by this batch may hold records outside it
 
     # loading: a fixed number of queries for the whole batch
 
@@ -255,6 +285,8 @@ class _Batch:
             return
         ids = [r.id for r in rows]
         mpi = self.uow.mpi
+        if len(rows) >= BULK_ROWS:
+            mpi.plain_plans()
         maybe_linked = [i for i in ids if i not in new]
         if maybe_linked:
             self._remember_links(mpi.links(maybe_linked))
@@ -270,25 +302,74 @@ class _Batch:
         for row in rows:
             f = None if row.deleted else features_of_data(row.data)
             if f is not None:  # the next batches find this version as a candidate: normalise it once
-                _features[(row.id, row.version)] = f
+                _remember_features(row.id, row.version, f)
             keys = blocking_keys(f) if f is not None else []
             self.rows[row.id] = _Row(row, f, keys)
             all_keys.update(keys)
-        frequent = _frequent_keys.setdefault(str(self.uow.engine.url), set())
+        url = str(self.uow.engine.url)
+        frequent, large_keys = _frequent_keys.setdefault(url, set()), _large_keys.setdefault(url, set())
         self.frequent = all_keys & frequent
+        large = (all_keys - self.frequent) & large_keys if self._reads_in_part(len(rows)) else set()
+        if large:
+            self.sizes = mpi.key_sizes(large)
+            for key in large:
+                if self.sizes.get(key, 0) >= MAX_KEY_RECORDS:
+                    frequent.add(key)
+                    self.frequent.add(key)
+            large -= self.frequent
         self.candidates, self.waiting_merges = mpi.candidates_and_pending_merges(
-            all_keys - self.frequent, {(r.source_system, r.source_value) for r in rows},
+            all_keys - self.frequent - large, {(r.source_system, r.source_value) for r in rows},
         )  # merges are applied after linking; reading them now saves PostgreSQL a round trip
         for key, found in self.candidates.items():
             if len(found) >= MAX_KEY_RECORDS:  # fetched once; from now on left out before the query
                 frequent.add(key)
                 self.frequent.add(key)
+            elif len(found) >= LARGE_BLOCK:  # read whole once; from now on its head and what it shares
+                large_keys.add(key)
+        if large:
+            self._load_large(large)
         wanted: set[tuple[str, int]] = set()
         for item in self.rows.values():  # only the candidates that will be scored are read and normalised
             item.stored = self._stored_candidates(item.row.id, item.keys)
             wanted.update((c.record_id, c.version) for c in item.stored if c.record_id not in self.rows)
         self.stored_features = _load_features(self.uow, wanted)
         self.counts = mpi.member_counts({link.person_id for rid, link in self.links.items() if rid in self.rows})
+
+    def _reads_in_part(self, rows: int) -> bool:
+        """Large blocks are read in part for a batch (a CSV chunk: its blocks are read once for many records),
+        and on SQLite always (no round trips); one record over PostgreSQL reads them whole, in the one
+        round trip it already makes (reading in part costs three more)."""
+        return rows >= BULK_ROWS or self.uow.engine.dialect.name != "postgresql"
+
+    def _load_large(self, large: set[str]) -> None:
+        """Part of each large block, enough to rank candidates exactly as the whole block would:
+        - its first MAX_SCORED + 2 records (record id order): the ones it contributes when its records
+          are found by it alone (they tie on shared keys and block size; first seen wins);
+        - its records that another, smaller block of the batch also names (shared keys are counted right);
+        - for a record with two large blocks, the records in both (they share two keys through neither).
+        Read in block order (record ids), so first-seen order, ties and the kept candidates are the same."""
+        mpi = self.uow.mpi
+        parts: dict[str, dict[str, Candidate]] = {
+            key: {c.record_id: c for c in heads} for key, heads in mpi.block_heads(large, MAX_SCORED + 2).items()
+        }
+        known: dict[str, Candidate] = {}  # candidates, by their smaller blocks, of the records with a large block
+        for item in self.rows.values():
+            if not large.isdisjoint(item.keys):
+                for key in item.keys:
+                    if key not in large and key not in self.frequent:
+                        known.update((c.record_id, c) for c in self.candidates.get(key, ()))
+        for key, record_id in mpi.in_keys(large, known):
+            parts.setdefault(key, {})[record_id] = known[record_id]
+        pairs = set()
+        for item in self.rows.values():
+            mine = sorted((k for k in item.keys if k in large), key=lambda k: self.sizes.get(k, 0))
+            pairs.update((a, b) for i, a in enumerate(mine) for b in mine[i + 1 :])
+        for a, b in pairs:  # a: the smaller block, scanned
+            for c in mpi.in_both(a, b):
+                parts.setdefault(a, {})[c.record_id] = c
+                parts.setdefault(b, {})[c.record_id] = c
+        for key, part in parts.items():
+            self.candidates[key] = [part[r] for r in sorted(part)]
 
     def _remember_links(self, found: dict[str, LinkRow]) -> None:
         self.links.update(found)
@@ -332,7 +413,7 @@ class _Batch:
             self._review(record_id, decision)
 
     def _stored_candidates(self, record_id: str, keys: Sequence[str]) -> list[Candidate]:
-        return stored_candidates(record_id, keys, self.candidates, self.frequent)
+        return stored_candidates(record_id, keys, self.candidates, self.frequent, self.sizes)
 
     def _candidate_groups(self, record_id: str, item: _Row) -> dict[str, list[Features]]:
         """Candidate person → features of its records sharing a key (the stored ones `_stored_candidates`
@@ -370,7 +451,7 @@ class _Batch:
         """The person a record keeps when it matches no one: its own, if it is alone in it."""
         if current is not None and self.counts.get(current, 0) == 1:
             return current
-        person = str(uuid.uuid4())
+        person = new_record_id()  # time-ordered: persons and the links' person index grow at their end
         self.new_persons.add(person)
         self.counts[person] = 0
         return person
@@ -456,6 +537,7 @@ class _Batch:
     def fold(self, merged: RecordRow, survivor_id: str, message_id: int | None) -> None:
         """The merged-away record joins the survivor's person (with every record of its own person: the
         source says they are one patient), is marked inactive and points at the survivor."""
+        self.folded = True
         self.write_links()
         links = self.uow.mpi.links([merged.id, survivor_id])
         if survivor_id not in links:
@@ -474,6 +556,7 @@ class _Batch:
 
     def merge_persons(self, source: str, target: str, *, pin: bool, action: str) -> None:
         """Every record of `source` moves to `target`; `source` stays, inactive, pointing at `target`."""
+        self.folded = True
         self.write_links()
         members = self.uow.mpi.record_ids_of(source)
         existing = self.uow.mpi.links(members)
@@ -484,6 +567,19 @@ class _Batch:
             self.move(record_id, source, target, "manual" if pin else link.how, None, action=action)
             if pin:
                 self.uow.mpi.add_decision("pin", record_id, self.actor, self.at, person_id=target)
+
+    def _made_persons(self, touched: set[str]) -> dict[str, list[Member]]:
+        """Persons this batch made → their records (as `persons_and_members` reads them: in record id order)."""
+        if self.folded:
+            sole = {p: r for p, r in self.sole.items() if p in touched and self.counts.get(p) == 1}
+            return {p: [_member(self.rows[r].row, p)] for p, r in sole.items()}
+        made: dict[str, list[Member]] = {p: [] for p in touched & self.new_persons}
+        for record_id in sorted(self.rows):
+            link = self.links.get(record_id)
+            if link is not None and link.person_id in made:
+                made[link.person_id].append(_member(self.rows[record_id].row, link.person_id))
+        # a record linked from outside this batch's rows (a steward's move): read that person back
+        return {p: members for p, members in made.items() if len(members) == self.counts.get(p, 0)}
 
     # writing
 
@@ -515,12 +611,13 @@ class _Batch:
         if not touched:
             return
         mpi = self.uow.mpi
-        # a person made by this batch for one of its records needs no look-up: that record is all it has
-        sole = {p: r for p, r in self.sole.items() if p in touched and self.counts.get(p) == 1}
-        existing, members = mpi.persons_and_members(touched - set(sole))
+        # a person made by this batch holds records of this batch only (unless a merge moved others in):
+        # no look-up, and its records' data need not be read back
+        made = self._made_persons(touched)
+        existing, members = mpi.persons_and_members(touched - set(made))
         inserted, updated = [], []
         for person_id in sorted(touched):
-            records = [_member(self.rows[sole[person_id]].row, person_id)] if person_id in sole else members.get(person_id, [])
+            records = made[person_id] if person_id in made else members.get(person_id, [])
             person = existing.get(person_id)
             if not records:
                 if person is not None and person.active:

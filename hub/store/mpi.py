@@ -9,7 +9,6 @@ a record is an index range scan per key, whatever the number of persons.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from sqlalchemy import (
     update,
 )
 
+from hub.jsoncodec import loads
 from hub.store.driver import insert_many, update_many
 from hub.store.tables import Id, Json, metadata, records
 
@@ -220,18 +220,49 @@ _DELETE_KEYS = delete(keys).where(keys.c.record_id.in_(_IDS))
 _CANDIDATES_SQL = (
     "SELECT k.key, k.record_id, l.person_id, r.version FROM mpi_keys k"
     " JOIN mpi_links l ON l.record_id = k.record_id JOIN records r ON r.id = k.record_id WHERE k.key {ids}"
+    " ORDER BY k.key, k.record_id"
+)
+"""A block's records in record id order (SQLite reads them so from the primary key, at no cost; PostgreSQL
+sorts the few rows): the order candidates are ranked in, so that `block_heads` reads a block's first ones."""
+_CANDIDATES_PG_SQL = (
+    "SELECT k.key, k.record_id, (SELECT l.person_id FROM mpi_links l WHERE l.record_id = k.record_id),"
+    " (SELECT r.version FROM records r WHERE r.id = k.record_id) FROM mpi_keys k WHERE k.key {ids}"
+    " ORDER BY k.key, k.record_id"
+)
+"""PostgreSQL: the same rows (a key without link or record is dropped after), written so that only index
+look-ups can answer it: with statistics that lag a bulk load the join above became hash joins over every
+link and record, for every batch (130 ms a batch at 100,000 records, growing with them)."""
+_KEY_SIZES_SQL = "SELECT key, count(*) FROM mpi_keys WHERE key {ids} GROUP BY key"
+_HEADS_SQL = {
+    "sqlite": (
+        "SELECT k.key, k.record_id, l.person_id, r.version FROM mpi_keys k JOIN mpi_links l ON l.record_id = k.record_id"
+        " JOIN records r ON r.id = k.record_id WHERE k.key = ? ORDER BY k.record_id LIMIT ?"
+    ),
+    "postgresql": (
+        "SELECT b.key, x.record_id, x.person_id, x.version FROM unnest(%s::text[]) AS b(key) CROSS JOIN LATERAL ("
+        "SELECT k.record_id, l.person_id, r.version FROM mpi_keys k JOIN mpi_links l ON l.record_id = k.record_id"
+        " JOIN records r ON r.id = k.record_id WHERE k.key = b.key ORDER BY k.record_id LIMIT %s) x"
+    ),
+}
+_IN_KEYS_SQL = {  # SQLite: `+key` keeps the planner on the record_id index (a few rows per record)
+    "sqlite": "SELECT key, record_id FROM mpi_keys WHERE record_id IN ({ids}) AND +key IN ({keys})",
+    "postgresql": "SELECT key, record_id FROM mpi_keys WHERE record_id = ANY(%s::text[]) AND key = ANY(%s::text[])",
+}
+_IN_BOTH_SQL = (
+    "SELECT k1.record_id, l.person_id, r.version FROM mpi_keys k1 JOIN mpi_keys k2 ON k2.key = {p} AND k2.record_id = k1.record_id"
+    " JOIN mpi_links l ON l.record_id = k1.record_id JOIN records r ON r.id = k1.record_id WHERE k1.key = {p}"
 )
 _RECORD_DATA_SQL = "SELECT id, version, data FROM records WHERE id {ids}"
 _PERSONS_SQL = (
     "SELECT id, data, provenance, active, merged_into, version, created_at, updated_at FROM mpi_persons WHERE id {ids}"
 )
-_MEMBERS_SQL = (
+_MEMBERS_SQL = (  # in record id order (sorted here: an ORDER BY made PostgreSQL walk every link in that order)
     "SELECT l.record_id, l.person_id, r.source_system, r.source_value, r.feed, r.active, r.data, r.updated_at,"
-    " r.deleted FROM mpi_links l JOIN records r ON r.id = l.record_id WHERE l.person_id {ids} ORDER BY l.record_id"
+    " r.deleted FROM mpi_links l JOIN records r ON r.id = l.record_id WHERE l.person_id {ids}"
 )
-_IDENTIFIERS_SQL = (
-    "SELECT l.person_id, r.source_system, r.source_value FROM mpi_links l JOIN records r ON r.id = l.record_id"
-    " WHERE l.person_id {ids} AND NOT r.deleted ORDER BY l.record_id"
+_IDENTIFIERS_SQL = (  # in record id order, sorted here (as above)
+    "SELECT l.record_id, l.person_id, r.source_system, r.source_value FROM mpi_links l JOIN records r"
+    " ON r.id = l.record_id WHERE l.person_id {ids} AND NOT r.deleted"
 )
 _PENDING_SQL = (
     "SELECT id, source_system, source_value, survivor_record_id FROM mpi_pending_merges"
@@ -282,8 +313,9 @@ def _fetch_together(conn: Connection, queries: Sequence[tuple[str, list[str]]]) 
 
 
 def _json(value: Any) -> Any:
-    """A JSON column as SQLAlchemy would give it: PostgreSQL's driver already parsed it, SQLite's did not."""
-    return json.loads(value) if isinstance(value, str) else value
+    """A JSON column as SQLAlchemy would give it: PostgreSQL's driver already parsed it, SQLite's did not
+    (read with orjson: the match step reads the data of every candidate it has not normalised yet)."""
+    return loads(value) if isinstance(value, str) else value
 
 
 def _datetime(value: Any) -> Any:
@@ -328,14 +360,86 @@ class MpiRepository:
         (pending merge id, survivor record id), for `take_pending_merges`) — on PostgreSQL in one round
         trip: the match step needs both for every batch, online for every record."""
         key_chunks, value_chunks = list(_chunks(wanted)), list(_chunks({value for _, value in sources}))
+        candidates_sql = _CANDIDATES_PG_SQL if self.conn.dialect.name == "postgresql" else _CANDIDATES_SQL
         results = _fetch_together(
-            self.conn, [(_CANDIDATES_SQL, c) for c in key_chunks] + [(_PENDING_SQL, c) for c in value_chunks],
+            self.conn, [(candidates_sql, c) for c in key_chunks] + [(_PENDING_SQL, c) for c in value_chunks],
         )
         found: dict[str, list[Candidate]] = {}
         for rows in results[: len(key_chunks)]:
             for key, record_id, person_id, version in rows:
-                found.setdefault(key, []).append(Candidate(record_id, person_id, version))
+                if person_id is not None and version is not None:  # as the join: linked records only
+                    found.setdefault(key, []).append(Candidate(record_id, person_id, version))
         return found, _waiting(results[len(key_chunks) :], sources)
+
+    def plain_plans(self) -> None:
+        """PostgreSQL, for this transaction: no JIT compilation, no parallel workers. A large batch's
+        look-ups are estimated costly enough for both (~10 ms of compiling, a few ms of starting workers
+        per statement) though each is index look-ups (measured: candidates of a 1,000-row batch 130 → 40 ms)."""
+        if self.conn.dialect.name == "postgresql":
+            self.conn.exec_driver_sql("SET LOCAL jit = off; SET LOCAL max_parallel_workers_per_gather = 0")
+
+    def key_sizes(self, wanted: Collection[str]) -> dict[str, int]:
+        """How many records each key names (an index-only count through the DB-API cursor): a large block's
+        size without reading it (`block_heads` reads its first records only)."""
+        found: dict[str, int] = {}
+        for chunk in _chunks(wanted):
+            found.update((key, int(n)) for key, n in _fetch(self.conn, _KEY_SIZES_SQL, chunk))
+        return found
+
+    def block_heads(self, wanted: Collection[str], n: int) -> dict[str, list[Candidate]]:
+        """Key → the first `n` records of its block, in record id order (the order `candidates` gives):
+        a large block's records past the first few are only ever scored when they share another key
+        with the incoming record, and those are found through that other key (`in_keys`, `in_both`)."""
+        found: dict[str, list[Candidate]] = {}
+        cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            if self.conn.dialect.name == "postgresql":
+                cursor.execute(_HEADS_SQL["postgresql"], (list(wanted), n), prepare=False)
+                rows = cursor.fetchall()
+            else:
+                rows = []
+                for key in wanted:
+                    cursor.execute(_HEADS_SQL["sqlite"], (key, n))
+                    rows += cursor.fetchall()
+        finally:
+            cursor.close()
+        for key, record_id, person_id, version in rows:
+            found.setdefault(key, []).append(Candidate(record_id, person_id, version))
+        return found
+
+    def in_keys(self, wanted: Collection[str], record_ids: Collection[str]) -> list[tuple[str, str]]:
+        """(key, record id) of these records under these keys: which records of other, smaller blocks are
+        also in a large block (found by the record id index: a few rows per record, not the block)."""
+        if not wanted or not record_ids:
+            return []
+        found: list[tuple[str, str]] = []
+        cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            for keys_chunk in _chunks(wanted):
+                for ids_chunk in _chunks(record_ids):
+                    if self.conn.dialect.name == "postgresql":
+                        cursor.execute(_IN_KEYS_SQL["postgresql"], (ids_chunk, keys_chunk), prepare=False)
+                    else:
+                        sql = _IN_KEYS_SQL["sqlite"].format(ids=", ".join("?" * len(ids_chunk)),
+                                                            keys=", ".join("?" * len(keys_chunk)))
+                        cursor.execute(sql, ids_chunk + keys_chunk)
+                    found += cursor.fetchall()
+        finally:
+            cursor.close()
+        return found
+
+    def in_both(self, a: str, b: str) -> list[Candidate]:
+        """The records under both keys (two large blocks of one incoming record: scanned in the index, not read)."""
+        marker = "%s" if self.conn.dialect.name == "postgresql" else "?"
+        cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            if self.conn.dialect.name == "postgresql":
+                cursor.execute(_IN_BOTH_SQL.format(p=marker), (b, a), prepare=False)
+            else:
+                cursor.execute(_IN_BOTH_SQL.format(p=marker), (b, a))
+            return [Candidate(*row) for row in cursor.fetchall()]
+        finally:
+            cursor.close()
 
     def key_counts(self, wanted: Collection[str]) -> dict[str, int]:
         """How many records each key names (index-only counts), to leave out keys too common to block on."""
@@ -391,7 +495,7 @@ class MpiRepository:
             for pid, data, provenance, active, merged_into, version, created, updated in person_rows:
                 found[pid] = PersonRow(pid, _json(data), _json(provenance), bool(active), merged_into, version,
                                        _datetime(created), _datetime(updated))
-            for rid, pid, system, value, feed, active, data, updated, deleted in member_rows:
+            for rid, pid, system, value, feed, active, data, updated, deleted in sorted(member_rows, key=lambda r: r[0]):
                 members[pid].append(Member(rid, pid, system, value, feed, bool(active), _json(data), _datetime(updated),
                                            bool(deleted)))
         return found, members
@@ -401,7 +505,7 @@ class MpiRepository:
         what outbound messages carry in PID-3 (routing needs these for every batch, not the records' data)."""
         found: dict[str, list[tuple[str, str]]] = {p: [] for p in person_ids}
         for chunk in _chunks(person_ids):
-            for person_id, system, value in _fetch(self.conn, _IDENTIFIERS_SQL, chunk):
+            for _, person_id, system, value in sorted(_fetch(self.conn, _IDENTIFIERS_SQL, chunk), key=lambda r: r[0]):
                 found[person_id].append((system, value))
         return found
 

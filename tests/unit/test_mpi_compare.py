@@ -136,6 +136,11 @@ def test_birth_date_levels(x, y, expected):
         ("900-12-3456", "900-12-3457", "typo"),
         ("900-12-3456", "900-21-3456", "transposed"),
         ("900-12-3456", "911-55-0000", "different"),
+        ("900-12-3456", "900-34-3456", "different"),  # two adjacent digits changed, not swapped
+        ("900-12-3456", "900-13-3466", "different"),  # two digits apart
+        ("900-12-3456", "90-01-23456", "exact"),
+        ("900-12-3456", "9001-23-456", "exact"),
+        ("900-12-3456", "900-12-345", "different"),  # a digit short: not a substitution
         ("999-99-9999", "999-99-9999", "missing"),
         ("000-00-0000", "900-12-3456", "missing"),
         ("123-45-6789", "123-45-6789", "missing"),
@@ -152,6 +157,8 @@ def test_national_id_levels(x, y, expected):
         ("(212) 555-0142", "+1 212 555 0142", "exact"),
         ("212-555-0142", "212-555-0143", "typo"),
         ("555-0142", "212-555-0142", "typo"),
+        ("212-555-0142", "212-555-0124", "typo"),  # two adjacent digits swapped
+        ("212-555-0142", "213-555-0152", "different"),
         ("212-555-0142", "312-555-0199", "different"),
         ("000-000-0000", "000-000-0000", "missing"),
         (None, "212-555-0142", "missing"),
@@ -205,6 +212,15 @@ def test_gender_levels():
     assert level(c.compare_gender, pt(gender="female"), pt(gender="female")) == "exact"
     assert level(c.compare_gender, pt(gender="female"), pt(gender="male")) == "different"
     assert level(c.compare_gender, pt(gender="unknown"), pt(gender="male")) == "missing"
+
+
+def test_a_pair_has_every_field_in_the_order_of_the_comparators():
+    """Explanations list the fields in this order; each level is the field's own comparison."""
+    a = features(pt("Wilbur", "Quennell", nid="900-12-3456", phone="212-555-0142", email="wq@example.org", line="12 Elm St"))
+    b = features(pt("Will", "Quenel", nid="900-12-3465", phone="212-555-0124", line="12 Elm Street"))
+    levels, swapped = c.compare_pair(a, b)
+    assert list(levels) == list(c.COMPARATORS) and not swapped
+    assert levels == {name: compare(a, b) for name, compare in c.COMPARATORS.items()}
 
 
 def test_given_family_swap_is_detected():

@@ -82,3 +82,36 @@ def test_past_the_cut_the_records_sharing_most_keys_then_the_rarest_are_kept() -
     assert {both.record_id, "r5000", "r5001", "r6000"} <= set(kept)
     assert kept == sorted(kept, key=[c.record_id for c in common + rare + [_candidate(6000)]].index)  # order kept
 
+
+
+def test_a_block_read_in_part_with_its_size_keeps_what_the_whole_block_keeps() -> None:
+    """A large block's first records, plus those also under the record's other keys, with the block's true
+    size: the candidates kept, and their order, are those of the whole block."""
+    whole = [_candidate(i) for i in range(200)]  # a common surname and birth year, in block (record id) order
+    phone = [_candidate(150), _candidate(5000)]  # r0150 is in both blocks, far past the block's first records
+    part = [*whole[: MAX_SCORED + 2], whole[150]]
+    for rivals in (10, 40):  # another key's block: the large block's own records fill up the cut, or do not
+        rival = [_candidate(7000 + i) for i in range(rivals)]
+        for keys in (["fam", "phone", "dob_pc"], ["phone", "fam", "dob_pc"]):
+            full = stored_candidates("incoming", keys, {"fam": whole, "phone": phone, "dob_pc": rival}, set())
+            read = stored_candidates("incoming", keys, {"fam": part, "phone": phone, "dob_pc": rival}, set(), {"fam": 200})
+            assert read == full
+            assert len(full) == MAX_SCORED and {whole[150], phone[1]} <= set(full)
+            assert (whole[0] in full) == (rivals == 10)
+
+
+def test_normalised_records_kept_for_reuse_stay_bounded(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Memory stays flat over a million-row import: the least recently used versions are dropped."""
+    from collections import OrderedDict
+
+    from hub.mpi import service
+
+    monkeypatch.setattr(service, "_features", OrderedDict())
+    monkeypatch.setattr(service, "_FEATURES_CACHE", 100)
+    f = features(DATA.records[0].patient)
+    for n in range(1000):
+        service._remember_features(f"r{n}", 1, f)
+        if n % 10 == 0:
+            service._remember_features("r0", 1, f)  # in use: kept
+    assert len(service._features) == 100
+    assert ("r0", 1) in service._features and ("r999", 1) in service._features and ("r500", 1) not in service._features
