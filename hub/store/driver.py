@@ -76,6 +76,7 @@ def insert_returning_id(conn: Connection, table: Table, row: dict[str, Any], on_
     return conn.exec_driver_sql(sql, _params(conn.dialect.name, table, columns, row)).scalar()
 
 
+@cache
 def in_sql(template: str, dialect: str, count: int) -> str:
     """`template` with its `{ids}` filled for `count` values: PostgreSQL takes one array parameter."""
     if dialect == "postgresql":
@@ -103,7 +104,8 @@ def fetch_in(conn: Connection, template: str, values: list[str]) -> list[tuple[A
 
 
 def json_value(value: Any) -> Any:
-    """A JSON column as SQLAlchemy would give it: PostgreSQL's driver already parsed it, SQLite's did not."""
+    """A JSON column as SQLAlchemy would give it: PostgreSQL's driver already parsed it, SQLite's did not
+    (read with orjson: the MPI match step reads the data of every candidate it has not normalised yet)."""
     return jsoncodec.loads(value) if isinstance(value, str) else value
 
 

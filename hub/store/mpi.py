@@ -13,7 +13,6 @@ from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cache
 from typing import Any
 
 from sqlalchemy import (
@@ -36,8 +35,7 @@ from sqlalchemy import (
     update,
 )
 
-from hub.jsoncodec import loads
-from hub.store.driver import insert_many, update_many
+from hub.store.driver import fetch_in, in_sql, insert_many, json_value, update_many
 from hub.store.tables import Id, Json, metadata, records
 
 At = DateTime(timezone=True)
@@ -270,52 +268,21 @@ _PENDING_SQL = (
 )
 
 
-@cache
-def _in_sql(template: str, dialect: str, count: int) -> str:
-    if dialect == "postgresql":
-        return template.format(ids="= ANY(%s::text[])")  # str lists: psycopg leaves their type to the server
-    return template.format(ids=f"IN ({', '.join('?' * count)})")
-
-
-def _fetch(conn: Connection, template: str, values: list[str]) -> list[tuple[Any, ...]]:
-    """Rows of a `{ids}` look-up, through the connection's own DB-API cursor (same transaction).
-    Values come back as the driver gives them: JSON is text on SQLite (see `_json`). PostgreSQL's go
-    unprepared: with one statement text for any number of ids, psycopg would prepare it after five
-    runs, and the server may keep a generic plan made while the tables were small (measured: the
-    match step 3x slower in bench/mpi_link_cost.py --postgres)."""
-    dialect = conn.dialect.name
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        if dialect == "postgresql":
-            cursor.execute(_in_sql(template, dialect, len(values)), (values,), prepare=False)
-        else:
-            cursor.execute(_in_sql(template, dialect, len(values)), values)
-        return cursor.fetchall()
-    finally:
-        cursor.close()
-
-
 def _fetch_together(conn: Connection, queries: Sequence[tuple[str, list[str]]]) -> list[list[tuple[Any, ...]]]:
     """Rows of several independent `{ids}` look-ups. PostgreSQL gets them in one round trip (psycopg's
     pipeline mode: all sent, then all read); SQLite runs them one after the other (no round trips)."""
     if conn.dialect.name != "postgresql" or len(queries) < 2:
-        return [_fetch(conn, template, values) for template, values in queries]
+        return [fetch_in(conn, template, values) for template, values in queries]
     dbapi = conn.connection.dbapi_connection
     cursors = [dbapi.cursor() for _ in queries]  # type: ignore[union-attr]
     try:
         with dbapi.pipeline():  # type: ignore[union-attr]
             for cursor, (template, values) in zip(cursors, queries):
-                cursor.execute(_in_sql(template, "postgresql", len(values)), (values,), prepare=False)
+                cursor.execute(in_sql(template, "postgresql", len(values)), (values,), prepare=False)
         return [cursor.fetchall() for cursor in cursors]
     finally:
         for cursor in cursors:
             cursor.close()
-
-
-def _json(value: Any) -> Any:
-    """A JSON column as SQLAlchemy would give it: PostgreSQL's driver already parsed it, SQLite's did not
-    (read with orjson: the match step reads the data of every candidate it has not normalised yet)."""
-    return loads(value) if isinstance(value, str) else value
 
 
 def _datetime(value: Any) -> Any:
@@ -336,8 +303,8 @@ class MpiRepository:
     @contextmanager
     def pipelined(self, enabled: bool = True) -> Iterator[None]:
         """PostgreSQL: the writes run inside are sent without waiting for each one's answer (psycopg's
-        pipeline mode); a read through `_fetch` waits for all before it, the block's end for the rest.
-        Only for INSERT/UPDATE/DELETE and `_fetch` reads: a SQLAlchemy SELECT would see no rows, and a
+        pipeline mode); a read through `fetch_in` waits for all before it, the block's end for the rest.
+        Only for INSERT/UPDATE/DELETE and `fetch_in` reads: a SQLAlchemy SELECT would see no rows, and a
         COPY (`insert_many` of COPY_FROM rows or more) is refused. SQLite: no round trips, no change."""
         if not enabled or self.conn.dialect.name != "postgresql":
             yield
@@ -383,7 +350,7 @@ class MpiRepository:
         size without reading it (`block_heads` reads its first records only)."""
         found: dict[str, int] = {}
         for chunk in _chunks(wanted):
-            found.update((key, int(n)) for key, n in _fetch(self.conn, _KEY_SIZES_SQL, chunk))
+            found.update((key, int(n)) for key, n in fetch_in(self.conn, _KEY_SIZES_SQL, chunk))
         return found
 
     def block_heads(self, wanted: Collection[str], n: int) -> dict[str, list[Candidate]]:
@@ -453,8 +420,8 @@ class MpiRepository:
         """Record id → (version, data)."""
         found: dict[str, tuple[int, dict[str, Any]]] = {}
         for chunk in _chunks(record_ids):
-            for record_id, version, data in _fetch(self.conn, _RECORD_DATA_SQL, chunk):
-                found[record_id] = (version, _json(data))
+            for record_id, version, data in fetch_in(self.conn, _RECORD_DATA_SQL, chunk):
+                found[record_id] = (version, json_value(data))
         return found
 
     def replace_keys(self, record_ids: Collection[str], entries: Sequence[tuple[str, str]]) -> None:
@@ -493,10 +460,10 @@ class MpiRepository:
         for chunk in _chunks(person_ids):
             person_rows, member_rows = _fetch_together(self.conn, [(_PERSONS_SQL, chunk), (_MEMBERS_SQL, chunk)])
             for pid, data, provenance, active, merged_into, version, created, updated in person_rows:
-                found[pid] = PersonRow(pid, _json(data), _json(provenance), bool(active), merged_into, version,
+                found[pid] = PersonRow(pid, json_value(data), json_value(provenance), bool(active), merged_into, version,
                                        _datetime(created), _datetime(updated))
             for rid, pid, system, value, feed, active, data, updated, deleted in sorted(member_rows, key=lambda r: r[0]):
-                members[pid].append(Member(rid, pid, system, value, feed, bool(active), _json(data), _datetime(updated),
+                members[pid].append(Member(rid, pid, system, value, feed, bool(active), json_value(data), _datetime(updated),
                                            bool(deleted)))
         return found, members
 
@@ -505,7 +472,7 @@ class MpiRepository:
         what outbound messages carry in PID-3 (routing needs these for every batch, not the records' data)."""
         found: dict[str, list[tuple[str, str]]] = {p: [] for p in person_ids}
         for chunk in _chunks(person_ids):
-            for _, person_id, system, value in sorted(_fetch(self.conn, _IDENTIFIERS_SQL, chunk), key=lambda r: r[0]):
+            for _, person_id, system, value in sorted(fetch_in(self.conn, _IDENTIFIERS_SQL, chunk), key=lambda r: r[0]):
                 found[person_id].append((system, value))
         return found
 
