@@ -146,8 +146,9 @@ class Intake:
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._work_to_do = True  # messages left pending by an earlier run are processed first
         self._elsewhere: Any = None
-        self._writer_turn: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
         """The processing process's link (`hub.processor.ProcessorLink`), when processing runs there."""
+        self._writer_turn: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+        """Held around each writer call (SQLite with a processing process: the turns both processes take)."""
         self._recovered = threading.Event()
         """Set once processing first found nothing pending: until then reads also wait for messages an
         earlier run stored (the watermarks only know this run's)."""

@@ -40,10 +40,10 @@ class Routing:
     planner: Planner | None = None
     notify: Notify | None = None
     table: Any = None
-    reloaded: Callable[[Path], None] | None = None
-    """Told the file after each reload: another process that routes too (`hub.processor`) loads it again."""
     """The route table behind `planner` when it is one (`hub.routing.RouteTable`): MPI link-change
     notices read its destinations. Swapped with the planner on reload."""
+    reloaded: Callable[[Path], None] | None = None
+    """Told the file after each reload: another process that routes too (`hub.processor`) loads it again."""
 
 
 class RoutingUnitOfWork(UnitOfWork):
