@@ -88,7 +88,7 @@ def fetch_in(conn: Connection, template: str, values: list[str]) -> list[tuple[A
     """Rows of a `{ids}` look-up (`WHERE x {ids}`), through the connection's own DB-API cursor (same
     transaction): SQLAlchemy compiles an expanding IN anew for every count of values, at ~100 µs a call.
     Values come back as the driver gives them: on SQLite, JSON is text, booleans are 0/1 and timestamps
-    are text (see `from_sqlite`). PostgreSQL's go unprepared: with one statement text for any number of
+    are text (see `json_value`, `datetime_value`). PostgreSQL's go unprepared: with one statement text for any number of
     ids, psycopg would prepare it after five runs, and the server may keep a generic plan made while the
     tables were small (measured: the MPI match step 3x slower in bench/mpi_link_cost.py --postgres)."""
     dialect = conn.dialect.name
@@ -110,9 +110,9 @@ def json_value(value: Any) -> Any:
 
 
 def datetime_value(value: Any) -> Any:
-    """A timestamp as SQLAlchemy would give it: naive UTC from SQLite's text (which `_sqlite_datetime`
-    writes with its +00:00 and SQLAlchemy without), as parsed by PostgreSQL's driver otherwise."""
-    return datetime.fromisoformat(value).replace(tzinfo=None) if isinstance(value, str) else value
+    """A timestamp as SQLAlchemy would give it: SQLite's text parsed by `fromisoformat` (with the +00:00
+    that `_sqlite_datetime` writes: aware, UTC), PostgreSQL's as its driver parsed it."""
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
 COPY_FROM = 50

@@ -35,7 +35,7 @@ from sqlalchemy import (
     update,
 )
 
-from hub.store.driver import fetch_in, in_sql, insert_many, json_value, update_many
+from hub.store.driver import datetime_value, fetch_in, in_sql, insert_many, json_value, update_many
 from hub.store.tables import Id, Json, metadata, records
 
 At = DateTime(timezone=True)
@@ -285,11 +285,6 @@ def _fetch_together(conn: Connection, queries: Sequence[tuple[str, list[str]]]) 
             cursor.close()
 
 
-def _datetime(value: Any) -> Any:
-    """A timestamp as SQLAlchemy would give it: SQLite stores text (naive, UTC), PostgreSQL's driver parsed it."""
-    return datetime.fromisoformat(value) if isinstance(value, str) else value
-
-
 def _chunks(values: Collection[str]) -> Iterator[list[str]]:
     values = list(values)
     for start in range(0, len(values), _CHUNK):
@@ -461,9 +456,9 @@ class MpiRepository:
             person_rows, member_rows = _fetch_together(self.conn, [(_PERSONS_SQL, chunk), (_MEMBERS_SQL, chunk)])
             for pid, data, provenance, active, merged_into, version, created, updated in person_rows:
                 found[pid] = PersonRow(pid, json_value(data), json_value(provenance), bool(active), merged_into, version,
-                                       _datetime(created), _datetime(updated))
+                                       datetime_value(created), datetime_value(updated))
             for rid, pid, system, value, feed, active, data, updated, deleted in sorted(member_rows, key=lambda r: r[0]):
-                members[pid].append(Member(rid, pid, system, value, feed, bool(active), json_value(data), _datetime(updated),
+                members[pid].append(Member(rid, pid, system, value, feed, bool(active), json_value(data), datetime_value(updated),
                                            bool(deleted)))
         return found, members
 

@@ -1,4 +1,5 @@
-"""The match step's driver-level look-ups give what the SQLAlchemy ones give, on SQLite and PostgreSQL.
+"""The driver-level look-ups (the match step's; records by source, which processing and routing use) give
+what the SQLAlchemy ones give, on SQLite and PostgreSQL.
 
 The match step reads candidates, pending A40 merges, persons and their records through the DB-API
 cursor (and, on PostgreSQL, several at once or inside a pipeline of writes); the steward actions and
@@ -40,6 +41,21 @@ def test_persons_and_members_equal_persons_and_members_read_apart(db: Engine) ->
         assert (found, members) == (uow.mpi.persons(wanted), uow.mpi.members(wanted))
         assert {m.record_id: m.active for m in members[person]} == {first: True, second: False}
         assert isinstance(found[person].active, bool) and found[person].created_at.replace(tzinfo=UTC) == AT
+
+
+def test_records_by_source_equal_records_read_by_id(db: Engine) -> None:
+    """Same values and types (aware timestamps, booleans, parsed JSON): survivorship sorts members by
+    `updated_at`, and an aware and a naive timestamp cannot be compared."""
+    record, value = unique("R"), unique("V")
+    with UnitOfWork(db) as uow:
+        uow.records.write(RecordChanges(inserted=[_record(record, value, active=False)]))
+        uow.commit()
+    with UnitOfWork(db) as uow:
+        key = ("patient", "urn:oid:2.999.1", value)
+        found = uow.records.by_sources([key, ("patient", "urn:oid:2.999.1", unique("V"))])
+        assert found == {key: uow.records.get(record)}
+        assert found[key].updated_at == AT and found[key].updated_at.tzinfo is not None and found[key].active is False
+        assert uow.records.ids_by_sources([key]) == {key: record}
 
 
 def test_candidates_and_pending_merges_in_one_read(db: Engine) -> None:
