@@ -7,7 +7,7 @@ writes SQL. Everything a unit of work did is committed together or not at all.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
@@ -184,14 +184,12 @@ _COLUMNS = ("id", "kind", "source_system", "source_value", "patient_id", "versio
             "message_id", "updated_at", "resource", "deleted")
 
 
-_ROW_COLUMNS = ("id", "kind", "source_system", "source_value", "patient_id", "version", "active", "data", "feed",
-                "message_id", "updated_at", "created_at", "resource", "deleted")
-_BY_VALUES = f"SELECT {', '.join(_ROW_COLUMNS)} FROM records WHERE source_value {{ids}}"
+_BY_VALUES = f"SELECT {', '.join(f.name for f in fields(RecordRow))} FROM records WHERE source_value {{ids}}"
 _IDS_BY_VALUES = "SELECT id, kind, source_system, source_value FROM records WHERE source_value {ids}"
 
 
 def _record_row(r: tuple[Any, ...]) -> RecordRow:
-    """A driver row of `_ROW_COLUMNS` as SQLAlchemy would have typed it."""
+    """A driver row of `_BY_VALUES` (RecordRow's fields, in order) as SQLAlchemy would have typed it."""
     (id_, kind, system, value, patient_id, version, active, data, feed, message_id, updated_at, created_at,
      resource, deleted) = r
     return RecordRow(
