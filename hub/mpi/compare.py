@@ -415,20 +415,9 @@ _hamming = Hamming.distance
 """Positions that differ (C, rapidfuzz); only ever called on strings of equal length (it pads others)."""
 
 
-def _one_substitution(x: str, y: str) -> bool:
-    return len(x) == len(y) and _hamming(x, y) == 1
-
-
-def _adjacent_transposition(x: str, y: str) -> bool:
-    if len(x) != len(y) or _hamming(x, y) != 2:
-        return False
-    diff = [i for i, (c, d) in enumerate(zip(x, y)) if c != d]
-    return diff[1] == diff[0] + 1 and x[diff[0]] == y[diff[1]] and x[diff[1]] == y[diff[0]]
-
-
 def _digits_level(x: str, y: str) -> str:
-    """Two different digit strings: "typo" (one substituted), "transposed" (two adjacent swapped) or
-    DIFFERENT — `_one_substitution` then `_adjacent_transposition`, counting the differences once."""
+    """Two different digit strings: "typo" (one digit substituted), "transposed" (two adjacent digits
+    swapped) or DIFFERENT; the differences counted once, in C."""
     if len(x) != len(y):
         return DIFFERENT
     differ = _hamming(x, y)

@@ -193,32 +193,36 @@ class Model:
 
     def _total(
         self, a: Features, levels: dict[str, str], names_swapped: bool, tf: TermFrequencies | None,
-        scores: list[FieldScore] | None,
+        scores: list[FieldScore] | None = None,
     ) -> float:
         """The pair's match weight; with `scores`, each field's part is appended to it. One code path
-        for `weight` and `score_features`, so that both give the very same float."""
+        for ranking every candidate pair (the hot path: ~30 pairs per incoming record, no `scores`) and
+        for `score_features`, so that both give the very same float."""
         total = self._prior_weight
-        weights = self._weights
-        group_of = self._group_of
-        positive = dict.fromkeys(self.groups, 0.0)
+        weights, group_of, tf_m = self._weights, self._group_of, self._tf_m
+        use_tf = tf is not None and not names_swapped
+        positive: dict[str, float] | None = None  # made on the first positive grouped weight
         for name, level in levels.items():
             if level == MISSING:
                 if scores is not None:
                     scores.append(FieldScore(name, level, 0.0))
                 continue
-            weight = weights[name].get(level, 0.0)
-            adjusted = False
-            if tf is not None and level == "exact" and name in self._tf_m and not names_swapped:
-                freq = tf.get(name, getattr(a, name))
+            weight = None
+            if use_tf and level == "exact" and name in tf_m:
+                freq = tf.get(name, getattr(a, name))  # type: ignore[union-attr]
                 if freq is not None:
-                    weight = math.log2(self._tf_m[name] / max(freq, self.tf_min_u))
-                    adjusted = True
+                    weight = math.log2(tf_m[name] / max(freq, self.tf_min_u))
+            adjusted = weight is not None
+            if weight is None:
+                weight = weights[name].get(level, 0.0)
             total += weight
             if weight > 0 and name in group_of:
+                if positive is None:
+                    positive = dict.fromkeys(self.groups, 0.0)
                 positive[group_of[name]] += weight
             if scores is not None:
                 scores.append(FieldScore(name, level, weight, adjusted))
-        for group, summed in positive.items():
+        for group, summed in (positive or {}).items():
             cap = self.groups[group]["max_weight"]
             if summed > cap:
                 total += cap - summed
@@ -237,36 +241,7 @@ class Model:
         """(weight, the comparison behind it): `score_features(a, b, tf, comparison)` explains it without
         comparing the pair again."""
         comparison = compare_pair(a, b)
-        return self._weight(a, comparison[0], comparison[1], tf or self.term_frequencies), comparison
-
-    def _weight(self, a: Features, levels: dict[str, str], names_swapped: bool, tf: TermFrequencies | None) -> float:
-        """`_total` without the explanation, for ranking every candidate pair (the hot path: ~30 pairs per
-        incoming record). The same additions in the same order, so the very same float."""
-        total = self._prior_weight
-        weights, group_of, tf_m = self._weights, self._group_of, self._tf_m
-        use_tf = tf is not None and not names_swapped
-        positive: dict[str, float] | None = None
-        for name, level in levels.items():
-            if level == MISSING:
-                continue
-            weight = None
-            if use_tf and level == "exact" and name in tf_m:
-                freq = tf.get(name, getattr(a, name))  # type: ignore[union-attr]
-                if freq is not None:
-                    weight = math.log2(tf_m[name] / max(freq, self.tf_min_u))
-            if weight is None:
-                weight = weights[name].get(level, 0.0)
-            total += weight
-            if weight > 0 and name in group_of:
-                if positive is None:
-                    positive = dict.fromkeys(self.groups, 0.0)
-                positive[group_of[name]] += weight
-        if positive is not None:
-            for group, summed in positive.items():
-                cap = self.groups[group]["max_weight"]
-                if summed > cap:
-                    total += cap - summed
-        return total
+        return self._total(a, comparison[0], comparison[1], tf or self.term_frequencies), comparison
 
     def score_features(
         self, a: Features, b: Features, tf: TermFrequencies | None = None,
