@@ -187,7 +187,7 @@ def _process_until_parent_leaves(conn: Connection, settings: Any) -> None:
     readers = inbound_readers()
     turns = writer_turns(engine)
     turn = turns.turn if turns is not None else contextlib.nullcontext
-    reported = -1
+    reported = upto = -1
     more = True
     slices = SliceSize(SQLITE_TURN if turns is not None else POSTGRES_TURN)
     try:
@@ -197,12 +197,14 @@ def _process_until_parent_leaves(conn: Connection, settings: Any) -> None:
             if not _take_requests(conn, routing, settings):
                 return
             try:
-                started = time.monotonic()
+                started, before = time.monotonic(), upto
                 with turn():
-                    more = process_pending(uow_factory, readers, slices.next()) is not None
+                    last = process_pending(uow_factory, readers, slices.next())
                 seconds = time.monotonic() - started
+                more = last is not None
                 upto = _processed_upto(uow_factory)
-                slices.took(seconds, upto - max(reported, 0))  # ids are consecutive: about the messages processed
+                # ids are consecutive: about the messages processed (nothing learnt before the first watermark)
+                slices.took(seconds, last - before if last is not None and before >= 0 else 0)
             except Exception as exc:  # noqa: BLE001 — the database may be down a while: try again
                 log.error("processing failed (%s); trying again in a second", type(exc).__name__)
                 more = False
