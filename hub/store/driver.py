@@ -84,23 +84,29 @@ def in_sql(template: str, dialect: str, count: int) -> str:
     return template.format(ids=f"IN ({', '.join('?' * count)})")
 
 
-def fetch_in(conn: Connection, template: str, values: list[str]) -> list[tuple[Any, ...]]:
-    """Rows of a `{ids}` look-up (`WHERE x {ids}`), through the connection's own DB-API cursor (same
-    transaction): SQLAlchemy compiles an expanding IN anew for every count of values, at ~100 µs a call.
-    Values come back as the driver gives them: on SQLite, JSON is text, booleans are 0/1 and timestamps
-    are text (see `json_value`, `datetime_value`). PostgreSQL's go unprepared: with one statement text for any number of
-    ids, psycopg would prepare it after five runs, and the server may keep a generic plan made while the
-    tables were small (measured: the MPI match step 3x slower in bench/mpi_link_cost.py --postgres)."""
-    dialect = conn.dialect.name
+def fetch(conn: Connection, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """Rows of one statement through the connection's own DB-API cursor (same transaction): SQLAlchemy
+    spends ~100 µs a call compiling and processing. Values come back as the driver gives them: on SQLite,
+    JSON is text, booleans are 0/1 and timestamps are text (see `json_value`, `datetime_value`).
+    PostgreSQL's statements go unprepared: psycopg would prepare one after five runs, and the server may
+    keep a generic plan made while the tables were small (measured: the MPI match step 3x slower in
+    bench/mpi_link_cost.py --postgres)."""
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        if dialect == "postgresql":
-            cursor.execute(in_sql(template, dialect, len(values)), (values,), prepare=False)
+        if conn.dialect.name == "postgresql":
+            cursor.execute(sql, params, prepare=False)
         else:
-            cursor.execute(in_sql(template, dialect, len(values)), values)
+            cursor.execute(sql, params)
         return cursor.fetchall()
     finally:
         cursor.close()
+
+
+def fetch_in(conn: Connection, template: str, values: list[str]) -> list[tuple[Any, ...]]:
+    """Rows of a `{ids}` look-up (`WHERE x {ids}`): one statement text for any number of values on
+    PostgreSQL (an array), one per count on SQLite; SQLAlchemy would compile an expanding IN every time."""
+    dialect = conn.dialect.name
+    return fetch(conn, in_sql(template, dialect, len(values)), (values,) if dialect == "postgresql" else values)
 
 
 def json_value(value: Any) -> Any:

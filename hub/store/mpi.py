@@ -35,7 +35,7 @@ from sqlalchemy import (
     update,
 )
 
-from hub.store.driver import datetime_value, fetch_in, in_sql, insert_many, json_value, update_many
+from hub.store.driver import datetime_value, fetch, fetch_in, in_sql, insert_many, json_value, update_many
 from hub.store.tables import Id, Json, metadata, records
 
 At = DateTime(timezone=True)
@@ -353,18 +353,10 @@ class MpiRepository:
         a large block's records past the first few are only ever scored when they share another key
         with the incoming record, and those are found through that other key (`in_keys`, `in_both`)."""
         found: dict[str, list[Candidate]] = {}
-        cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            if self.conn.dialect.name == "postgresql":
-                cursor.execute(_HEADS_SQL["postgresql"], (list(wanted), n), prepare=False)
-                rows = cursor.fetchall()
-            else:
-                rows = []
-                for key in wanted:
-                    cursor.execute(_HEADS_SQL["sqlite"], (key, n))
-                    rows += cursor.fetchall()
-        finally:
-            cursor.close()
+        if self.conn.dialect.name == "postgresql":
+            rows = fetch(self.conn, _HEADS_SQL["postgresql"], (list(wanted), n))
+        else:
+            rows = [row for key in wanted for row in fetch(self.conn, _HEADS_SQL["sqlite"], (key, n))]
         for key, record_id, person_id, version in rows:
             found.setdefault(key, []).append(Candidate(record_id, person_id, version))
         return found
@@ -375,33 +367,20 @@ class MpiRepository:
         if not wanted or not record_ids:
             return []
         found: list[tuple[str, str]] = []
-        cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            for keys_chunk in _chunks(wanted):
-                for ids_chunk in _chunks(record_ids):
-                    if self.conn.dialect.name == "postgresql":
-                        cursor.execute(_IN_KEYS_SQL["postgresql"], (ids_chunk, keys_chunk), prepare=False)
-                    else:
-                        sql = _IN_KEYS_SQL["sqlite"].format(ids=", ".join("?" * len(ids_chunk)),
-                                                            keys=", ".join("?" * len(keys_chunk)))
-                        cursor.execute(sql, ids_chunk + keys_chunk)
-                    found += cursor.fetchall()
-        finally:
-            cursor.close()
+        for keys_chunk in _chunks(wanted):
+            for ids_chunk in _chunks(record_ids):
+                if self.conn.dialect.name == "postgresql":
+                    found += fetch(self.conn, _IN_KEYS_SQL["postgresql"], (ids_chunk, keys_chunk))
+                else:
+                    sql = _IN_KEYS_SQL["sqlite"].format(ids=", ".join("?" * len(ids_chunk)),
+                                                        keys=", ".join("?" * len(keys_chunk)))
+                    found += fetch(self.conn, sql, ids_chunk + keys_chunk)
         return found
 
     def in_both(self, a: str, b: str) -> list[Candidate]:
         """The records under both keys (two large blocks of one incoming record: scanned in the index, not read)."""
         marker = "%s" if self.conn.dialect.name == "postgresql" else "?"
-        cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            if self.conn.dialect.name == "postgresql":
-                cursor.execute(_IN_BOTH_SQL.format(p=marker), (b, a), prepare=False)
-            else:
-                cursor.execute(_IN_BOTH_SQL.format(p=marker), (b, a))
-            return [Candidate(*row) for row in cursor.fetchall()]
-        finally:
-            cursor.close()
+        return [Candidate(*row) for row in fetch(self.conn, _IN_BOTH_SQL.format(p=marker), (b, a))]
 
     def key_counts(self, wanted: Collection[str]) -> dict[str, int]:
         """How many records each key names (index-only counts), to leave out keys too common to block on."""
