@@ -56,17 +56,19 @@ def _store(uow_factory: UowFactory, batch: Sequence[InboundMessage]) -> list[Out
 
 def _store_into(uow: UnitOfWork, batch: Sequence[InboundMessage]) -> list[Outcome]:
     received_at = utcnow()
-    outcomes: list[Outcome | None] = []
-    for inbound in batch:
-        state = "pending" if inbound.status is Status.ACCEPTED else "none"
-        message_id = uow.messages.add(NewMessage(inbound, state), received_at)
-        outcomes.append(None if message_id is None else Outcome(message_id, inbound.status, tuple(inbound.problems)))
+    ids = uow.messages.add(
+        [NewMessage(inbound, "pending" if inbound.status is Status.ACCEPTED else "none") for inbound in batch], received_at
+    )
+    outcomes: list[Outcome | None] = [
+        None if message_id is None else Outcome(message_id, inbound.status, tuple(inbound.problems))
+        for inbound, message_id in zip(batch, ids)
+    ]
     resent = [i for i, outcome in enumerate(outcomes) if outcome is None]
     if resent:  # answered with the original's outcome (also when the original is earlier in this batch)
         originals = uow.messages.outcomes_for([batch[i].dedupe_key for i in resent])  # type: ignore[misc]
-        for i in resent:
+        copies = [NewMessage(batch[i], "none", duplicate_of=originals[batch[i].dedupe_key].message_id) for i in resent]  # type: ignore[index]
+        for i, message_id in zip(resent, uow.messages.add(copies, received_at)):
             original = originals[batch[i].dedupe_key]  # type: ignore[index]
-            message_id = uow.messages.add(NewMessage(batch[i], "none", duplicate_of=original.message_id), received_at)
             outcomes[i] = Outcome(message_id, original.status, original.problems, duplicate_of=original.message_id)
     return outcomes  # type: ignore[return-value]
 

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, delete, false, func, select, text, update
 
 from hub.messages import InboundMessage, Problem, Status
-from hub.store.driver import datetime_value, fetch_in, insert_many, insert_returning_id, json_value, update_many
+from hub.store.driver import datetime_value, fetch_in, insert_many, insert_returning_ids, json_value, update_many
 from hub.store.outbox import OutboxRepository
 from hub.store.search import conditions as search_conditions
 from hub.store.tables import messages, record_index, record_versions, records
@@ -85,6 +85,26 @@ _MARK = (
 )
 
 
+def _message_row(new: NewMessage, received_at: datetime) -> dict[str, Any]:
+    inbound = new.inbound
+    return {
+        "received_at": received_at,
+        "feed": inbound.feed,
+        "format": inbound.format,
+        "sender": inbound.sender,
+        "control_id": inbound.control_id,
+        "message_type": inbound.message_type,
+        "dedupe_key": inbound.dedupe_key if new.duplicate_of is None else None,
+        "status": inbound.status.value,
+        "problems": [p.as_dict() for p in inbound.problems] or None,
+        "duplicate_of": new.duplicate_of,
+        "state": new.state,
+        "processing_error": new.error,
+        "raw": inbound.raw,
+        "context": inbound.context,
+    }
+
+
 class MessageRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -103,29 +123,13 @@ class MessageRepository:
             for row in rows
         }
 
-    def add(self, new: NewMessage, received_at: datetime) -> int | None:
-        """Insert one message; None when its dedupe key is already stored (a re-send).
+    def add(self, news: Sequence[NewMessage], received_at: datetime) -> list[int | None]:
+        """Insert messages in order; each one's id, or None when its dedupe key is already stored (a re-send).
 
-        This is the ACK path's only write, so it skips SQLAlchemy's statement compilation and
-        lets the unique index find re-sends (no look-up before the insert)."""
-        inbound = new.inbound
-        values = {
-            "received_at": received_at,
-            "feed": inbound.feed,
-            "format": inbound.format,
-            "sender": inbound.sender,
-            "control_id": inbound.control_id,
-            "message_type": inbound.message_type,
-            "dedupe_key": inbound.dedupe_key if new.duplicate_of is None else None,
-            "status": inbound.status.value,
-            "problems": [p.as_dict() for p in inbound.problems] or None,
-            "duplicate_of": new.duplicate_of,
-            "state": new.state,
-            "processing_error": new.error,
-            "raw": inbound.raw,
-            "context": inbound.context,
-        }
-        return insert_returning_id(self.conn, messages, values, on_conflict="dedupe_key")
+        This is the ACK path's only write, so it skips SQLAlchemy's statement compilation, lets the
+        unique index find re-sends (no look-up before the insert) and sends a group commit's messages
+        in one round trip."""
+        return insert_returning_ids(self.conn, messages, [_message_row(new, received_at) for new in news], "dedupe_key")
 
     def pending(self, limit: int) -> list[PendingMessage]:
         """Accepted messages not yet processed, in the order they were accepted."""
