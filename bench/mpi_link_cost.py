@@ -40,9 +40,12 @@ def main() -> None:
     parser.add_argument("--database-url")
     parser.add_argument("--postgres", action="store_true")
     parser.add_argument("--max-scored", type=int, help="override hub.mpi.service.MAX_SCORED (to measure the cut)")
+    parser.add_argument("--large-block", type=int, help="override hub.mpi.service.LARGE_BLOCK (to measure the rule)")
     args = parser.parse_args()
     if args.max_scored:
         service.MAX_SCORED = args.max_scored
+    if args.large_block:
+        service.LARGE_BLOCK = args.large_block
     if args.postgres:
         from tests.conftest import create_postgres_database, drop_postgres_database
 
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace, url: str) -> None:
     true_pairs = {frozenset(p) for members in by_truth.values() for p in combinations(members, 2)}
     hit = len(linked_pairs & true_pairs)
     print(f"{len(truth)} records of {args.persons} persons, batches of {args.batch}, {engine.dialect.name}, "
-          f"MAX_SCORED {service.MAX_SCORED}")
+          f"MAX_SCORED {service.MAX_SCORED}, LARGE_BLOCK {service.LARGE_BLOCK}")
     print(f"match step: {spent * 1000 / len(truth):.2f} ms per record ({spent:.1f} s); this process's CPU "
           f"{cpu * 1000 / len(truth):.2f} ms per record (less sensitive to a loaded machine; excludes the server's)")
     print(f"pairwise precision {hit / max(len(linked_pairs), 1):.4f}, recall {hit / max(len(true_pairs), 1):.4f}; "

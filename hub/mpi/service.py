@@ -55,16 +55,20 @@ Measured (bench/mpi_link_cost.py, 20,000 synthetic persons, 47,898 records, wher
 hold ~90 records): no cut 25,085 persons, pairwise precision 0.9920 / recall 0.7978; cut at 30:
 25,084 persons, 0.9933 / 0.7982 — the records left unscored were not the ones that mattered."""
 
-LARGE_BLOCK = 64
-"""A block naming this many records is not read whole for every batch: its size is counted and only its
-first records (`block_heads`) and those sharing another key with an incoming record are read. Exactly the
-candidates reading it whole would give (see `_Batch._load_large`), at a cost that no longer grows with the
-block: at a million persons a common surname and birth year names ~1,000 records, and reading them for
-every batch was most of the match step's growth with size."""
+LARGE_BLOCK = 16
+"""A block naming this many records nominates no candidate by itself: its records are scored when another
+of the incoming record's keys finds them too (or two large blocks do). One shared weak key among many
+records — a fictional 555-01xx phone, a common surname and birth year, a placeholder — is not a reason to
+compare; those comparisons only ever made false links. Measured (bench/mpi_link_cost.py, 20,000 persons,
+47,898 records, SQLite): no such rule 0.72 ms a record, pairwise precision 0.9928 / recall 0.7984; 64:
+0.70 ms, 0.9937 / 0.7981; 31: 0.61 ms, 0.9956 / 0.7984; 16: 0.53 ms, 0.9970 / 0.7984; 8: 0.56 ms,
+0.9974 / 0.7985. A large block is never read: its size is counted and only its records that the record's
+other keys find are looked up (`_Batch._load_large`), so its cost does not grow with the block. Its size
+is the stored one when the batch begins: records of the same batch do not count (the one order effect
+between bulk and one-by-one arrival: a block crossing the bound inside a batch)."""
 
 BULK_ROWS = 100
-"""A batch this large (a CSV chunk, a re-match) is looked up with plain plans (see `MpiRepository.plain_plans`)
-and, on PostgreSQL, reads its large blocks in part (`_Batch._reads_in_part`)."""
+"""A batch this large (a CSV chunk, a re-match) is looked up with plain plans (see `MpiRepository.plain_plans`)."""
 
 _model: Model | None = None
 _frequent_keys: dict[str, set[str]] = {}
@@ -209,13 +213,15 @@ def stored_candidates(
     record_id: str | None, keys: Sequence[str], candidates: dict[str, list[Candidate]], frequent: Collection[str],
     sizes: Mapping[str, int] | None = None,
 ) -> list[Candidate]:
-    """The stored records sharing a key with this one, in first-seen order. Past MAX_SCORED, only
-    the MAX_SCORED sharing the most keys (ties: found in the smaller block, then first seen) are kept —
-    the others were found by one common key alone (a surname and birth year among a million persons).
-    `sizes`: blocks' true sizes where `candidates` holds part of a block (`_Batch._load_large`)."""
+    """The stored records sharing a key with this one, in first-seen order. A large block (LARGE_BLOCK
+    records or more) nominates no record by itself: its records count when another key finds them too.
+    Past MAX_SCORED, only the MAX_SCORED sharing the most keys (ties: found in the smaller block, then
+    first seen) are kept. `sizes`: blocks' true sizes where `candidates` holds part of a block
+    (`_Batch._load_large`)."""
     found: dict[str, Candidate] = {}
     shared: dict[str, int] = {}
     rarest: dict[str, int] = {}
+    nominated: set[str] = set()  # found through a block that is not large
     for key in keys:
         if key in frequent:
             continue
@@ -226,9 +232,14 @@ def stored_candidates(
                 shared[c.record_id] += 1
             elif c.record_id != record_id:
                 found[c.record_id], shared[c.record_id], rarest[c.record_id] = c, 1, size
-    if len(found) <= MAX_SCORED:
-        return list(found.values())
-    keep = set(sorted(found, key=lambda r: (-shared[r], rarest[r]))[:MAX_SCORED])
+            else:
+                continue
+            if size < LARGE_BLOCK:
+                nominated.add(c.record_id)
+    kept = [r for r in found if r in nominated or shared[r] >= 2]
+    if len(kept) > MAX_SCORED:
+        kept = sorted(kept, key=lambda r: (-shared[r], rarest[r]))[:MAX_SCORED]
+    keep = set(kept)
     return [c for r, c in found.items() if r in keep]
 
 
@@ -309,22 +320,24 @@ class _Batch:
         url = str(self.uow.engine.url)
         frequent, large_keys = _frequent_keys.setdefault(url, set()), _large_keys.setdefault(url, set())
         self.frequent = all_keys & frequent
-        large = (all_keys - self.frequent) & large_keys if self._reads_in_part(len(rows)) else set()
-        if large:
-            self.sizes = mpi.key_sizes(large)
-            for key in large:
-                if self.sizes.get(key, 0) >= MAX_KEY_RECORDS:
-                    frequent.add(key)
-                    self.frequent.add(key)
-            large -= self.frequent
-        self.candidates, self.waiting_merges = mpi.candidates_and_pending_merges(
-            all_keys - self.frequent - large, {(r.source_system, r.source_value) for r in rows},
+        large = (all_keys - self.frequent) & large_keys
+        self.candidates, self.waiting_merges, self.sizes = mpi.candidates_and_pending_merges(
+            all_keys - self.frequent - large, {(r.source_system, r.source_value) for r in rows}, large,
         )  # merges are applied after linking; reading them now saves PostgreSQL a round trip
+        for key in large:
+            if self.sizes.get(key, 0) >= MAX_KEY_RECORDS:
+                frequent.add(key)
+                self.frequent.add(key)
+        shrunk = {key for key in large if self.sizes.get(key, 0) < LARGE_BLOCK}  # records left it: read it whole
+        if shrunk:
+            large_keys -= shrunk
+            self.candidates.update(mpi.candidates(shrunk - self.frequent))
+        large -= self.frequent | shrunk
         for key, found in self.candidates.items():
             if len(found) >= MAX_KEY_RECORDS:  # fetched once; from now on left out before the query
                 frequent.add(key)
                 self.frequent.add(key)
-            elif len(found) >= LARGE_BLOCK:  # read whole once; from now on its head and what it shares
+            elif len(found) >= LARGE_BLOCK:  # read whole once; from now on only what other keys also find
                 large_keys.add(key)
         if large:
             self._load_large(large)
@@ -335,23 +348,13 @@ class _Batch:
         self.stored_features = _load_features(self.uow, wanted)
         self.counts = mpi.member_counts({link.person_id for rid, link in self.links.items() if rid in self.rows})
 
-    def _reads_in_part(self, rows: int) -> bool:
-        """Large blocks are read in part for a batch (a CSV chunk: its blocks are read once for many records),
-        and on SQLite always (no round trips); one record over PostgreSQL reads them whole, in the one
-        round trip it already makes (reading in part costs three more)."""
-        return rows >= BULK_ROWS or self.uow.engine.dialect.name != "postgresql"
-
     def _load_large(self, large: set[str]) -> None:
-        """Part of each large block, enough to rank candidates exactly as the whole block would:
-        - its first MAX_SCORED + 2 records (record id order): the ones it contributes when its records
-          are found by it alone (they tie on shared keys and block size; first seen wins);
-        - its records that another, smaller block of the batch also names (shared keys are counted right);
-        - for a record with two large blocks, the records in both (they share two keys through neither).
-        Read in block order (record ids), so first-seen order, ties and the kept candidates are the same."""
+        """What the large blocks contribute (`stored_candidates` scores no record found by a large block
+        alone): their records that another, smaller block of the batch also names (found by the record id
+        index, not by reading the block) and, for a record with two large blocks, the records in both.
+        Kept in block order (record ids), as a whole read would give them."""
         mpi = self.uow.mpi
-        parts: dict[str, dict[str, Candidate]] = {
-            key: {c.record_id: c for c in heads} for key, heads in mpi.block_heads(large, MAX_SCORED + 2).items()
-        }
+        parts: dict[str, dict[str, Candidate]] = {}
         known: dict[str, Candidate] = {}  # candidates, by their smaller blocks, of the records with a large block
         for item in self.rows.values():
             if not large.isdisjoint(item.keys):
@@ -430,6 +433,7 @@ class _Batch:
                     group.append(f)
 
         kept = {c.record_id for c in item.stored}
+        mates = self._batch_mates(item.keys)
         for key in item.keys:  # key by key, stored then batch: the order ties between equal weights follow
             if key in self.frequent:
                 continue
@@ -440,12 +444,28 @@ class _Batch:
                     mate = self.rows.get(c.record_id)
                     add(person, mate.features if mate else self.stored_features.get(c.record_id))
             for other in self.batch_keys.get(key, ()):
-                if other not in seen and other in self.links:
+                if other not in seen and other in mates and other in self.links:
                     seen.add(other)
                     add(self.links[other].person_id, self.rows[other].features)
         for person in excluded:
             groups.pop(person, None)
         return groups
+
+    def _batch_mates(self, keys: Sequence[str]) -> set[str]:
+        """This batch's earlier records that `stored_candidates` would keep were they stored (as they are
+        when records arrive one by one): found by a block that is not large, or by two large ones. A block's
+        size is its stored size when the batch began (see LARGE_BLOCK)."""
+        hits: dict[str, int] = {}
+        nominated: set[str] = set()
+        for key in keys:
+            if key in self.frequent:
+                continue
+            large = self.sizes.get(key, len(self.candidates.get(key, ()))) >= LARGE_BLOCK
+            for other in self.batch_keys.get(key, ()):
+                hits[other] = hits.get(other, 0) + 1
+                if not large:
+                    nominated.add(other)
+        return {other for other, n in hits.items() if other in nominated or n >= 2}
 
     def _own_person(self, current: str | None) -> str:
         """The person a record keeps when it matches no one: its own, if it is alone in it."""

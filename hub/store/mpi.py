@@ -221,7 +221,7 @@ _CANDIDATES_SQL = (
     " ORDER BY k.key, k.record_id"
 )
 """A block's records in record id order (SQLite reads them so from the primary key, at no cost; PostgreSQL
-sorts the few rows): the order candidates are ranked in, so that `block_heads` reads a block's first ones."""
+sorts the few rows): the order candidates are ranked in, whether a block is read whole or in part."""
 _CANDIDATES_PG_SQL = (
     "SELECT k.key, k.record_id, (SELECT l.person_id FROM mpi_links l WHERE l.record_id = k.record_id),"
     " (SELECT r.version FROM records r WHERE r.id = k.record_id) FROM mpi_keys k WHERE k.key {ids}"
@@ -231,17 +231,6 @@ _CANDIDATES_PG_SQL = (
 look-ups can answer it: with statistics that lag a bulk load the join above became hash joins over every
 link and record, for every batch (130 ms a batch at 100,000 records, growing with them)."""
 _KEY_SIZES_SQL = "SELECT key, count(*) FROM mpi_keys WHERE key {ids} GROUP BY key"
-_HEADS_SQL = {
-    "sqlite": (
-        "SELECT k.key, k.record_id, l.person_id, r.version FROM mpi_keys k JOIN mpi_links l ON l.record_id = k.record_id"
-        " JOIN records r ON r.id = k.record_id WHERE k.key = ? ORDER BY k.record_id LIMIT ?"
-    ),
-    "postgresql": (
-        "SELECT b.key, x.record_id, x.person_id, x.version FROM unnest(%s::text[]) AS b(key) CROSS JOIN LATERAL ("
-        "SELECT k.record_id, l.person_id, r.version FROM mpi_keys k JOIN mpi_links l ON l.record_id = k.record_id"
-        " JOIN records r ON r.id = k.record_id WHERE k.key = b.key ORDER BY k.record_id LIMIT %s) x"
-    ),
-}
 _IN_KEYS_SQL = {  # SQLite: `+key` keeps the planner on the record_id index (a few rows per record)
     "sqlite": "SELECT key, record_id FROM mpi_keys WHERE record_id IN ({ids}) AND +key IN ({keys})",
     "postgresql": "SELECT key, record_id FROM mpi_keys WHERE record_id = ANY(%s::text[]) AND key = ANY(%s::text[])",
@@ -316,22 +305,28 @@ class MpiRepository:
         return self.candidates_and_pending_merges(wanted, ())[0]
 
     def candidates_and_pending_merges(
-        self, wanted: Collection[str], sources: Collection[tuple[str, str]],
-    ) -> tuple[dict[str, list[Candidate]], dict[tuple[str, str], tuple[int, str]]]:
-        """`candidates(wanted)`, and the merges waiting for these source records ((system, value) →
-        (pending merge id, survivor record id), for `take_pending_merges`) — on PostgreSQL in one round
-        trip: the match step needs both for every batch, online for every record."""
+        self, wanted: Collection[str], sources: Collection[tuple[str, str]], sizes_of: Collection[str] = (),
+    ) -> tuple[dict[str, list[Candidate]], dict[tuple[str, str], tuple[int, str]], dict[str, int]]:
+        """`candidates(wanted)`, the merges waiting for these source records ((system, value) → (pending
+        merge id, survivor record id), for `take_pending_merges`) and how many records the `sizes_of` keys
+        name (large blocks, not read: an index-only count) — on PostgreSQL in one round trip: the match
+        step needs all three for every batch, online for every record."""
         key_chunks, value_chunks = list(_chunks(wanted)), list(_chunks({value for _, value in sources}))
+        size_chunks = list(_chunks(sizes_of))
         candidates_sql = _CANDIDATES_PG_SQL if self.conn.dialect.name == "postgresql" else _CANDIDATES_SQL
         results = _fetch_together(
-            self.conn, [(candidates_sql, c) for c in key_chunks] + [(_PENDING_SQL, c) for c in value_chunks],
+            self.conn,
+            [(candidates_sql, c) for c in key_chunks] + [(_PENDING_SQL, c) for c in value_chunks]
+            + [(_KEY_SIZES_SQL, c) for c in size_chunks],
         )
         found: dict[str, list[Candidate]] = {}
         for rows in results[: len(key_chunks)]:
             for key, record_id, person_id, version in rows:
                 if person_id is not None and version is not None:  # as the join: linked records only
                     found.setdefault(key, []).append(Candidate(record_id, person_id, version))
-        return found, _waiting(results[len(key_chunks) :], sources)
+        waiting = _waiting(results[len(key_chunks) : len(key_chunks) + len(value_chunks)], sources)
+        sizes = {key: int(n) for rows in results[len(key_chunks) + len(value_chunks) :] for key, n in rows}
+        return found, waiting, sizes
 
     def plain_plans(self) -> None:
         """PostgreSQL, for this transaction: no JIT compilation, no parallel workers. A large batch's
@@ -339,27 +334,6 @@ class MpiRepository:
         per statement) though each is index look-ups (measured: candidates of a 1,000-row batch 130 → 40 ms)."""
         if self.conn.dialect.name == "postgresql":
             self.conn.exec_driver_sql("SET LOCAL jit = off; SET LOCAL max_parallel_workers_per_gather = 0")
-
-    def key_sizes(self, wanted: Collection[str]) -> dict[str, int]:
-        """How many records each key names (an index-only count through the DB-API cursor): a large block's
-        size without reading it (`block_heads` reads its first records only)."""
-        found: dict[str, int] = {}
-        for chunk in _chunks(wanted):
-            found.update((key, int(n)) for key, n in fetch_in(self.conn, _KEY_SIZES_SQL, chunk))
-        return found
-
-    def block_heads(self, wanted: Collection[str], n: int) -> dict[str, list[Candidate]]:
-        """Key → the first `n` records of its block, in record id order (the order `candidates` gives):
-        a large block's records past the first few are only ever scored when they share another key
-        with the incoming record, and those are found through that other key (`in_keys`, `in_both`)."""
-        found: dict[str, list[Candidate]] = {}
-        if self.conn.dialect.name == "postgresql":
-            rows = fetch(self.conn, _HEADS_SQL["postgresql"], (list(wanted), n))
-        else:
-            rows = [row for key in wanted for row in fetch(self.conn, _HEADS_SQL["sqlite"], (key, n))]
-        for key, record_id, person_id, version in rows:
-            found.setdefault(key, []).append(Candidate(record_id, person_id, version))
-        return found
 
     def in_keys(self, wanted: Collection[str], record_ids: Collection[str]) -> list[tuple[str, str]]:
         """(key, record id) of these records under these keys: which records of other, smaller blocks are

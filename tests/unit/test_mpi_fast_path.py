@@ -1,6 +1,6 @@
 """The online decision's shortcuts give what the long way gives: normalising stored JSON without
-validating it, ranking pairs by weight before explaining them, and the cut of candidates found by one
-common key alone. Synthetic, fictional data (bench/mpi_synth.py)."""
+validating it, ranking pairs by weight before explaining them, and which candidates found by one
+common key alone are scored. Synthetic, fictional data (bench/mpi_synth.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hub.model import Patient
 from hub.mpi.compare import features, features_of_data
 from hub.mpi.decide import decide
 from hub.mpi.model import load_model
-from hub.mpi.service import MAX_SCORED, stored_candidates
+from hub.mpi.service import LARGE_BLOCK, MAX_SCORED, stored_candidates
 from hub.store.mpi import Candidate
 
 DATA = generate(150, seed=5)
@@ -73,31 +73,35 @@ def test_below_the_cut_every_candidate_is_kept_in_first_seen_order() -> None:
 
 
 def test_past_the_cut_the_records_sharing_most_keys_then_the_rarest_are_kept() -> None:
-    common = [_candidate(i) for i in range(MAX_SCORED * 3)]  # one surname-and-year key naming many records
-    rare = [_candidate(5000), _candidate(5001)]  # e.g. the phone: few records
-    both = common[-1]  # shares the common key and the phone
-    candidates = {"fam": common, "phone": [*rare, both], "dob_pc": [_candidate(6000)]}
-    kept = [c.record_id for c in stored_candidates("incoming", ["fam", "phone", "dob_pc"], candidates, set())]
+    blocks = {f"b{b}": [_candidate(100 * b + i) for i in range(LARGE_BLOCK - 1)] for b in range(3)}  # 45 records
+    both = blocks["b2"][-1]  # shares a block and the phone
+    blocks["phone"] = [_candidate(5000), _candidate(5001), both]  # the rarest block
+    keys = ["b0", "b1", "b2", "phone"]
+    kept = [c.record_id for c in stored_candidates("incoming", keys, blocks, set())]
     assert len(kept) == MAX_SCORED
-    assert {both.record_id, "r5000", "r5001", "r6000"} <= set(kept)
-    assert kept == sorted(kept, key=[c.record_id for c in common + rare + [_candidate(6000)]].index)  # order kept
+    assert {both.record_id, "r5000", "r5001"} <= set(kept)
+    first_seen = [c.record_id for key in keys for c in blocks[key]]
+    assert kept == sorted(kept, key=first_seen.index)  # order kept
+    assert kept[: LARGE_BLOCK - 1] == first_seen[: LARGE_BLOCK - 1]  # then the first block, whole
 
 
-
-def test_a_block_read_in_part_with_its_size_keeps_what_the_whole_block_keeps() -> None:
-    """A large block's first records, plus those also under the record's other keys, with the block's true
-    size: the candidates kept, and their order, are those of the whole block."""
+def test_a_large_block_scores_only_what_another_key_also_finds() -> None:
+    """Of a large block, only records another key finds (or a second large block) are scored — the same
+    whether the block was read whole or only those records with the block's true size."""
     whole = [_candidate(i) for i in range(200)]  # a common surname and birth year, in block (record id) order
-    phone = [_candidate(150), _candidate(5000)]  # r0150 is in both blocks, far past the block's first records
-    part = [*whole[: MAX_SCORED + 2], whole[150]]
-    for rivals in (10, 40):  # another key's block: the large block's own records fill up the cut, or do not
-        rival = [_candidate(7000 + i) for i in range(rivals)]
-        for keys in (["fam", "phone", "dob_pc"], ["phone", "fam", "dob_pc"]):
-            full = stored_candidates("incoming", keys, {"fam": whole, "phone": phone, "dob_pc": rival}, set())
-            read = stored_candidates("incoming", keys, {"fam": part, "phone": phone, "dob_pc": rival}, set(), {"fam": 200})
+    phone = [_candidate(150), _candidate(5000)]  # r0150 is in both blocks
+    switchboard = [_candidate(7), _candidate(150), *(_candidate(8000 + i) for i in range(100))]  # large too
+    for rival_blocks in (1, 4):  # other small blocks: under the cut, or past it
+        rivals = {f"r{b}": [_candidate(7000 + 10 * b + i) for i in range(10)] for b in range(rival_blocks)}
+        for keys in (["fam", "phone", *rivals, "sw"], ["sw", "phone", "fam", *rivals]):
+            full = stored_candidates("incoming", keys, {"fam": whole, "phone": phone, "sw": switchboard, **rivals}, set())
+            part = {"fam": [whole[7], whole[150]], "phone": phone, "sw": switchboard[:2], **rivals}
+            read = stored_candidates("incoming", keys, part, set(), {"fam": 200, "sw": 102})
             assert read == full
-            assert len(full) == MAX_SCORED and {whole[150], phone[1]} <= set(full)
-            assert (whole[0] in full) == (rivals == 10)
+            ids = {c.record_id for c in full}
+            assert {"r0150", "r5000", "r0007"} <= ids  # shared with the phone; in both large blocks
+            assert not ids & {"r0000", "r0199", "r8000"}  # found by one large block alone
+            assert len(full) == min(MAX_SCORED, 10 * rival_blocks + 3)
 
 
 def test_normalised_records_kept_for_reuse_stay_bounded(monkeypatch) -> None:  # type: ignore[no-untyped-def]
