@@ -110,3 +110,23 @@ def test_identifiers_are_the_members_not_deleted_in_record_order(db: Engine) -> 
         found = uow.mpi.identifiers([person, unknown])
         assert found == {person: expected, unknown: []}
         assert [v for _, v in found[person]] == [rows[0].source_value, rows[2].source_value]
+
+
+def test_bulk_written_strings_read_back_as_written(db: Engine) -> None:
+    """Blocking keys and search-index values are bulk-written (on PostgreSQL by COPY):
+    backslashes, tabs, line breaks and non-ASCII letters come back unchanged."""
+    from sqlalchemy import select
+
+    from hub.store.driver import COPY_FROM, insert_many
+    from hub.store.tables import record_index
+
+    record = unique("R")
+    values = ["C:\\temp\\x", "tab\there", "two\nlines", "cr\rlf\r\n", "Zoë Ångström", "\\N", "plain", ""]
+    rows = [(record, f"p{i}", values[i % len(values)], "patient") for i in range(COPY_FROM + 5)]
+    with UnitOfWork(db) as uow:
+        insert_many(uow.conn, record_index, rows, columns=("record_id", "param", "value", "kind"))
+        uow.commit()
+    with UnitOfWork(db) as uow:
+        query = select(record_index.c.record_id, record_index.c.param, record_index.c.value, record_index.c.kind)
+        found = {tuple(r) for r in uow.conn.execute(query.where(record_index.c.record_id == record))}
+    assert found == set(rows)
