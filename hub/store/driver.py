@@ -73,26 +73,49 @@ def insert_returning_ids(
     conn: Connection, table: Table, rows: Sequence[dict[str, Any]], on_conflict: str,
 ) -> list[int | None]:
     """Insert rows in order; each one's id, or None where it hit the named unique column (ON CONFLICT DO
-    NOTHING). PostgreSQL gets them in one round trip (psycopg pipelines an executemany with `returning`):
-    the ACK path's group commit no longer waits on the server once per message."""
+    NOTHING). PostgreSQL gets them as one multi-row INSERT: the ACK path's group commit waits on the
+    server once, not once per message (psycopg's pipelined executemany measured 3x the CPU)."""
     if not rows:
         return []
     dialect, columns = conn.dialect.name, tuple(rows[0])
-    sql = _insert_sql(dialect, table, columns, f" ON CONFLICT ({on_conflict}) DO NOTHING RETURNING id")
     params = [_params(dialect, table, columns, row) for row in rows]
     if dialect != "postgresql":
+        sql = _insert_sql(dialect, table, columns, f" ON CONFLICT ({on_conflict}) DO NOTHING RETURNING id")
         return [conn.exec_driver_sql(sql, p).scalar() for p in params]
-    cursor = conn.connection.driver_connection.cursor()  # the same connection: the same transaction
-    try:
-        cursor.executemany(sql, params, returning=True)
-        ids: list[int | None] = []
-        while True:
-            row = cursor.fetchone()
-            ids.append(row[0] if row else None)
-            if not cursor.nextset():
-                return ids
-    finally:
-        cursor.close()
+    unique_at = columns.index(on_conflict)
+    ids: list[int | None] = []
+    for start in range(0, len(params), _VALUES_ROWS):
+        chunk = params[start : start + _VALUES_ROWS]
+        sql = _insert_values_sql(table, columns, len(chunk), f" ON CONFLICT ({on_conflict}) DO NOTHING RETURNING id, {on_conflict}")
+        returned = conn.exec_driver_sql(sql, tuple(value for row in chunk for value in row)).all()
+        ids += _ids_in_row_order(chunk, unique_at, returned)
+    return ids
+
+
+_VALUES_ROWS = 1000
+"""Rows per multi-row INSERT (PostgreSQL takes at most 65,535 parameters a statement)."""
+
+
+@cache
+def _insert_values_sql(table: Table, columns: tuple[str, ...], count: int, suffix: str) -> str:
+    row = f"({', '.join(['%s'] * len(columns))})"
+    return f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES {', '.join([row] * count)}{suffix}"
+
+
+def _ids_in_row_order(
+    rows: Sequence[tuple[Any, ...]], unique_at: int, returned: Sequence[Any],
+) -> list[int | None]:
+    """The ids a multi-row INSERT … ON CONFLICT DO NOTHING RETURNING id, <unique column> gave, per row:
+    a row with a unique value gets the id returned for that value (None if it conflicted, or repeated an
+    earlier row's value); rows without one never conflict, and take the rest in the order PostgreSQL
+    inserted (and returned) them: the VALUES order."""
+    by_value = {value: row_id for row_id, value in returned if value is not None}
+    unkeyed = iter([row_id for row_id, value in returned if value is None])
+    ids: list[int | None] = []
+    for row in rows:
+        value = row[unique_at]
+        ids.append(next(unkeyed) if value is None else by_value.pop(value, None))
+    return ids
 
 
 @cache
