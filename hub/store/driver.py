@@ -14,6 +14,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 from sqlalchemy import JSON, Connection, DateTime, Table
+from sqlalchemy.dialects import postgresql
 
 from hub import jsoncodec
 
@@ -188,13 +189,36 @@ def insert_many(
             for values in params:
                 copy.write_row(values)
         return
+    if dialect == "postgresql":  # one statement: psycopg pipelines an executemany, at ~2x the CPU a row
+        conn.exec_driver_sql(_insert_values_sql(table, columns, len(params), ""), tuple(v for row in params for v in row))
+        return
     conn.exec_driver_sql(_insert_sql(dialect, table, columns, ""), params)
 
 
 def update_many(conn: Connection, table: Table, key: str, rows: Sequence[dict[str, Any]]) -> None:
+    """Rows (each with `key` and the same columns) written over the stored ones; when a key comes twice,
+    the last row wins (as one UPDATE after the other would have it)."""
     if not rows:
         return
-    columns = tuple(c for c in rows[0] if c != key)
-    sql = _update_sql(conn.dialect.name, table, columns, key)
     dialect = conn.dialect.name
-    conn.exec_driver_sql(sql, [(*_params(dialect, table, columns, row), row[key]) for row in rows])
+    columns = tuple(c for c in rows[0] if c != key)
+    if dialect != "postgresql":
+        sql = _update_sql(dialect, table, columns, key)
+        conn.exec_driver_sql(sql, [(*_params(dialect, table, columns, row), row[key]) for row in rows])
+        return
+    latest = list({row[key]: row for row in rows}.values())  # one statement updates a row once
+    for start in range(0, len(latest), _VALUES_ROWS):
+        chunk = latest[start : start + _VALUES_ROWS]
+        sql = _update_values_sql(table, columns, key, len(chunk))
+        conn.exec_driver_sql(sql, tuple(v for row in chunk for v in (*_params(dialect, table, columns, row), row[key])))
+
+
+@cache
+def _update_values_sql(table: Table, columns: tuple[str, ...], key: str, count: int) -> str:
+    """PostgreSQL: `UPDATE … FROM (VALUES …)`, each value cast to its column's type (a None has none)."""
+    types = [table.c[name].type.compile(dialect=postgresql.dialect()) for name in (*columns, key)]
+    row = f"({', '.join(f'%s::{kind}' for kind in types)})"
+    return (
+        f"UPDATE {table.name} SET {', '.join(f'{c} = v.{c}' for c in columns)} FROM (VALUES {', '.join([row] * count)})"
+        f" AS v({', '.join((*columns, key))}) WHERE {table.name}.{key} = v.{key}"
+    )

@@ -130,3 +130,30 @@ def test_bulk_written_strings_read_back_as_written(db: Engine) -> None:
         query = select(record_index.c.record_id, record_index.c.param, record_index.c.value, record_index.c.kind)
         found = {tuple(r) for r in uow.conn.execute(query.where(record_index.c.record_id == record))}
     assert found == set(rows)
+
+
+def test_rows_written_over_in_bulk_keep_their_types_and_the_last_write_wins(db: Engine) -> None:
+    """Links and persons are updated in bulk (on PostgreSQL one statement): floats, timestamps, JSON and
+    NULLs come back as written, and a row named twice holds the later of its two writes."""
+    later = datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
+    person, first, second = unique("P"), unique("R"), unique("R")
+    with UnitOfWork(db) as uow:
+        uow.mpi.write_links([LinkRow(r, person, "auto", 14.5, "v1", None, AT) for r in (first, second)], [])
+        uow.mpi.write_persons([PersonRow(person, {"gender": "female"}, {"gender": first}, True, None, 1, AT, AT)], [])
+        uow.commit()
+    moved = [
+        LinkRow(first, unique("P"), "review", 3.25, "v2", second, later),
+        LinkRow(second, person, "manual", None, None, None, later),
+        LinkRow(first, person, "merge", -1.5, "v3", second, later),  # the same record again: this one stays
+    ]
+    with UnitOfWork(db) as uow:
+        uow.mpi.write_links([], moved)
+        uow.mpi.write_persons([], [PersonRow(person, {"gender": "female", "birth_date": "1980-04-02"},
+                                             {"gender": second, "birth_date": first}, False, None, 2, AT, later)])
+        uow.commit()
+    with UnitOfWork(db) as uow:
+        assert uow.mpi.links([first, second]) == {first: moved[2], second: moved[1]}
+        (stored,) = uow.mpi.persons([person]).values()
+    assert (stored.data, stored.provenance, stored.active, stored.version, stored.updated_at) == (
+        {"gender": "female", "birth_date": "1980-04-02"}, {"gender": second, "birth_date": first}, False, 2, later
+    )
