@@ -331,7 +331,7 @@ class _Batch:
         shrunk = {key for key in large if self.sizes.get(key, 0) < LARGE_BLOCK}  # records left it: read it whole
         if shrunk:
             large_keys -= shrunk
-            self.candidates.update(mpi.candidates(shrunk - self.frequent))
+            self.candidates.update(mpi.candidates(shrunk))
         large -= self.frequent | shrunk
         for key, found in self.candidates.items():
             if len(found) >= MAX_KEY_RECORDS:  # fetched once; from now on left out before the query
