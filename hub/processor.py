@@ -32,9 +32,12 @@ from typing import Any
 
 log = logging.getLogger("hub.processor")
 
-MAX_SLICE = 100
-"""Messages per processing transaction at most: its fixed cost (the flush, a dozen statements) is shared,
-and a FHIR write waiting for the processing lock waits one slice (~0.1-0.2 s) at most."""
+MAX_SLICE = 200
+"""Messages per processing transaction at most (reached only while behind: slices double from the turn's
+size): its fixed cost (the flush, a dozen statements; COPY from 50 rows on) is shared, and a FHIR write
+waiting for the processing lock waits one slice (~0.4 s at most on a slow host). Measured on PostgreSQL,
+500 msg/s offered, 10,000 messages, same session: 100 → 404 and 409 delivered/s (p99 4.9 and 4.5 s);
+200 → 485 and 465 (p99 1.0 and 1.7 s); 300 → 468, 451, 459; 600 → 464; 1,000 → 451, 435."""
 SQLITE_TURN = 0.025
 """On SQLite storing waits while a slice holds the write lock: slices of about this many seconds keep
 an ACK from waiting longer (sized by the measured cost per message)."""
