@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -79,7 +79,7 @@ _large_keys: dict[str, set[str]] = {}
 _features: OrderedDict[tuple[str, int], Features] = OrderedDict()
 _FEATURES_CACHE = 150_000
 """Normalised record versions kept (least recently used dropped first; ~0.8 KB each, ~120 MB at most):
-candidates recur from batch to batch (a large block's first records for every batch, a household's phone),
+candidates recur from batch to batch (a household's phone, a family name and birth year),
 and one not kept costs its data read back and normalised again (~40 µs); but memory must stay flat over
 a million rows (this cache was unbounded: 639 MB of RSS at 200,000 rows)."""
 
@@ -213,34 +213,46 @@ def stored_candidates(
     record_id: str | None, keys: Sequence[str], candidates: dict[str, list[Candidate]], frequent: Collection[str],
     sizes: Mapping[str, int] | None = None,
 ) -> list[Candidate]:
-    """The stored records sharing a key with this one, in first-seen order. A large block (LARGE_BLOCK
-    records or more) nominates no record by itself: its records count when another key finds them too.
-    Past MAX_SCORED, only the MAX_SCORED sharing the most keys (ties: found in the smaller block, then
-    first seen) are kept. `sizes`: blocks' true sizes where `candidates` holds part of a block
-    (`_Batch._load_large`)."""
-    found: dict[str, Candidate] = {}
+    """The stored records sharing a key with this one that `comparable` keeps, in first-seen order. Past
+    MAX_SCORED, only the MAX_SCORED sharing the most keys (ties: found in the smaller block, then first
+    seen) are kept. `sizes`: blocks' true sizes where `candidates` holds part of a block (`_Batch._load_large`)."""
+    by_id = {c.record_id: c for key in keys if key not in frequent for c in candidates.get(key, ())}
+    shared, rarest = comparable(
+        keys, lambda key: [c.record_id for c in candidates.get(key, ())],
+        lambda key: sizes.get(key, len(candidates.get(key, ()))) if sizes else len(candidates.get(key, ())),
+        frequent, record_id,
+    )
+    kept = list(shared)
+    if len(kept) > MAX_SCORED:
+        keep = set(sorted(kept, key=lambda r: (-shared[r], rarest[r]))[:MAX_SCORED])
+        kept = [r for r in kept if r in keep]
+    return [by_id[r] for r in kept]
+
+
+def comparable(
+    keys: Sequence[str], members: Callable[[str], Sequence[str]], size: Callable[[str], int],
+    frequent: Collection[str], itself: str | None = None,
+) -> tuple[dict[str, int], dict[str, int]]:
+    """The records a record is compared with, first-seen order: those a block under LARGE_BLOCK records
+    finds, or two blocks do (a large block nominates no record by itself). Record id → keys it shares,
+    and → the size of the block it was first found in."""
     shared: dict[str, int] = {}
     rarest: dict[str, int] = {}
-    nominated: set[str] = set()  # found through a block that is not large
+    nominated: set[str] = set()
     for key in keys:
         if key in frequent:
             continue
-        block = candidates.get(key, ())
-        size = sizes.get(key, len(block)) if sizes else len(block)
-        for c in block:
-            if c.record_id in shared:
-                shared[c.record_id] += 1
-            elif c.record_id != record_id:
-                found[c.record_id], shared[c.record_id], rarest[c.record_id] = c, 1, size
-            else:
+        block_size = size(key)
+        for other in members(key):
+            if other == itself:
                 continue
-            if size < LARGE_BLOCK:
-                nominated.add(c.record_id)
-    kept = [r for r in found if r in nominated or shared[r] >= 2]
-    if len(kept) > MAX_SCORED:
-        kept = sorted(kept, key=lambda r: (-shared[r], rarest[r]))[:MAX_SCORED]
-    keep = set(kept)
-    return [c for r, c in found.items() if r in keep]
+            if other in shared:
+                shared[other] += 1
+            else:
+                shared[other], rarest[other] = 1, block_size
+            if block_size < LARGE_BLOCK:
+                nominated.add(other)
+    return {r: n for r, n in shared.items() if r in nominated or n >= 2}, rarest
 
 
 # --- one batch ----------------------------------------------------------------------------------
@@ -324,21 +336,18 @@ class _Batch:
         self.candidates, self.waiting_merges, self.sizes = mpi.candidates_and_pending_merges(
             all_keys - self.frequent - large, {(r.source_system, r.source_value) for r in rows}, large,
         )  # merges are applied after linking; reading them now saves PostgreSQL a round trip
-        for key in large:
-            if self.sizes.get(key, 0) >= MAX_KEY_RECORDS:
-                frequent.add(key)
-                self.frequent.add(key)
         shrunk = {key for key in large if self.sizes.get(key, 0) < LARGE_BLOCK}  # records left it: read it whole
         if shrunk:
-            large_keys -= shrunk
             self.candidates.update(mpi.candidates(shrunk))
-        large -= self.frequent | shrunk
-        for key, found in self.candidates.items():
-            if len(found) >= MAX_KEY_RECORDS:  # fetched once; from now on left out before the query
+        for key, n in ({key: len(found) for key, found in self.candidates.items()} | self.sizes).items():
+            if n >= MAX_KEY_RECORDS:  # from now on left out before the query
                 frequent.add(key)
                 self.frequent.add(key)
-            elif len(found) >= LARGE_BLOCK:  # read whole once; from now on only what other keys also find
+            elif n >= LARGE_BLOCK:  # from now on never read: only what other keys also find
                 large_keys.add(key)
+            else:
+                large_keys.discard(key)
+        large -= self.frequent | shrunk
         if large:
             self._load_large(large)
         wanted: set[tuple[str, int]] = set()
@@ -452,20 +461,13 @@ class _Batch:
         return groups
 
     def _batch_mates(self, keys: Sequence[str]) -> set[str]:
-        """This batch's earlier records that `stored_candidates` would keep were they stored (as they are
-        when records arrive one by one): found by a block that is not large, or by two large ones. A block's
-        size is its stored size when the batch began (see LARGE_BLOCK)."""
-        hits: dict[str, int] = {}
-        nominated: set[str] = set()
-        for key in keys:
-            if key in self.frequent:
-                continue
-            large = self.sizes.get(key, len(self.candidates.get(key, ()))) >= LARGE_BLOCK
-            for other in self.batch_keys.get(key, ()):
-                hits[other] = hits.get(other, 0) + 1
-                if not large:
-                    nominated.add(other)
-        return {other for other, n in hits.items() if other in nominated or n >= 2}
+        """This batch's earlier records that would be compared were they stored (as they are when records
+        arrive one by one): `comparable`, with each block's stored size when the batch began (see LARGE_BLOCK)."""
+        shared, _ = comparable(
+            keys, lambda key: self.batch_keys.get(key, ()),
+            lambda key: self.sizes.get(key, len(self.candidates.get(key, ()))), self.frequent,
+        )
+        return set(shared)
 
     def _own_person(self, current: str | None) -> str:
         """The person a record keeps when it matches no one: its own, if it is alone in it."""
