@@ -359,9 +359,8 @@ class MpiRepository:
     def key_counts(self, wanted: Collection[str]) -> dict[str, int]:
         """How many records each key names (index-only counts), to leave out keys too common to block on."""
         found: dict[str, int] = {}
-        query = select(keys.c.key, func.count()).group_by(keys.c.key)
         for chunk in _chunks(wanted):
-            found.update(dict(self.conn.execute(query.where(keys.c.key.in_(chunk))).all()))
+            found.update((key, int(n)) for key, n in fetch_in(self.conn, _KEY_SIZES_SQL, chunk))
         return found
 
     def record_data(self, record_ids: Collection[str]) -> dict[str, tuple[int, dict[str, Any]]]:
