@@ -59,9 +59,11 @@ def _params(dialect: str, table: Table, columns: tuple[str, ...], row: dict[str,
 
 
 @cache
-def _insert_sql(dialect: str, table: Table, columns: tuple[str, ...], suffix: str) -> str:
+def _insert_sql(dialect: str, table: Table, columns: tuple[str, ...], suffix: str, count: int = 1) -> str:
+    """INSERT of `count` rows (PostgreSQL takes several in one statement; SQLite one, run as executemany)."""
     mark = "?" if dialect == "sqlite" else "%s"
-    return f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))}){suffix}"
+    row = f"({', '.join([mark] * len(columns))})"
+    return f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES {', '.join([row] * count)}{suffix}"
 
 
 @cache
@@ -87,7 +89,8 @@ def insert_returning_ids(
     ids: list[int | None] = []
     for start in range(0, len(params), _VALUES_ROWS):
         chunk = params[start : start + _VALUES_ROWS]
-        sql = _insert_values_sql(table, columns, len(chunk), f" ON CONFLICT ({on_conflict}) DO NOTHING RETURNING id, {on_conflict}")
+        suffix = f" ON CONFLICT ({on_conflict}) DO NOTHING RETURNING id, {on_conflict}"
+        sql = _insert_sql(dialect, table, columns, suffix, len(chunk))
         returned = conn.exec_driver_sql(sql, tuple(value for row in chunk for value in row)).all()
         ids += _ids_in_row_order(chunk, unique_at, returned)
     return ids
@@ -95,12 +98,6 @@ def insert_returning_ids(
 
 _VALUES_ROWS = 1000
 """Rows per multi-row INSERT (PostgreSQL takes at most 65,535 parameters a statement)."""
-
-
-@cache
-def _insert_values_sql(table: Table, columns: tuple[str, ...], count: int, suffix: str) -> str:
-    row = f"({', '.join(['%s'] * len(columns))})"
-    return f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES {', '.join([row] * count)}{suffix}"
 
 
 def _ids_in_row_order(
@@ -190,7 +187,7 @@ def insert_many(
                 copy.write_row(values)
         return
     if dialect == "postgresql":  # one statement: psycopg pipelines an executemany, at ~2x the CPU a row
-        conn.exec_driver_sql(_insert_values_sql(table, columns, len(params), ""), tuple(v for row in params for v in row))
+        conn.exec_driver_sql(_insert_sql(dialect, table, columns, "", len(params)), tuple(v for row in params for v in row))
         return
     conn.exec_driver_sql(_insert_sql(dialect, table, columns, ""), params)
 
