@@ -94,10 +94,14 @@ async def receive(port: int, out: Path) -> None:
 # --- the sender --------------------------------------------------------------------------------
 
 
-async def send(port: int, total: int, connections: int, rate: float | None = None) -> dict[str, float]:
+async def send(
+    port: int, total: int, connections: int, rate: float | None = None
+) -> tuple[dict[str, float], list[float]]:
     """Each connection sends a message and waits for its ACK; with `rate`, the whole sender is paced
-    to that many messages/s (a steady feed rather than a burst)."""
+    to that many messages/s (a steady feed rather than a burst). Returns when each message was ACKed and
+    how long each ACK took (ms)."""
     acked: dict[str, float] = {}
+    ack_ms: list[float] = []
     queue = list(range(total))
     begin = time.monotonic()
 
@@ -108,6 +112,7 @@ async def send(port: int, total: int, connections: int, rate: float | None = Non
             n = queue.pop()
             if rate:
                 await asyncio.sleep(max(0.0, begin + (total - len(queue)) / rate - time.monotonic()))
+            sent = time.monotonic()
             writer.write(VT + adt(n) + END)
             await writer.drain()
             while END not in buffer:
@@ -115,10 +120,11 @@ async def send(port: int, total: int, connections: int, rate: float | None = Non
             ack, buffer = buffer[: buffer.find(END)], buffer[buffer.find(END) + 2 :]
             assert b"MSA|AA" in ack, ack
             acked[f"BM{n:08d}"] = time.time()
+            ack_ms.append((time.monotonic() - sent) * 1000)
         writer.close()
 
     await asyncio.gather(*(one_connection() for _ in range(connections)))
-    return acked
+    return acked, sorted(ack_ms)
 
 
 def wait_ready(url: str, timeout: float = 60) -> None:
@@ -154,7 +160,7 @@ class _Progress(threading.Thread):
 
 def run(
     total: int, connections: int, db: str, verbose: bool = False, rate: float | None = None, redis: str | None = None,
-    workers: int = 2,
+    workers: int = 2, idle_poll_ms: int | None = None,
 ) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="hub-delivery-bench-"))
     receiver_port, http_port, mllp_port = free_port(), free_port(), free_port()
@@ -178,14 +184,15 @@ def run(
     try:
         wait_ready(f"http://127.0.0.1:{http_port}/health/ready")  # migrations applied
         if redis:
-            worker = subprocess.Popen([sys.executable, "-m", "hub", "worker", "--processes", str(workers), "--threads", "4"],
+            poll = ["--idle-poll-ms", str(idle_poll_ms)] if idle_poll_ms else []
+            worker = subprocess.Popen([sys.executable, "-m", "hub", "worker", "--processes", str(workers), "--threads", "4", *poll],
                                       cwd=REPO, env=env, stdout=open(work / "worker.log", "wb"), stderr=subprocess.STDOUT,
                                       start_new_session=True)
             time.sleep(3)  # dramatiq boots its processes
         started = time.time()
         progress = _Progress(f"http://127.0.0.1:{http_port}", arrivals_file.with_suffix(".count"), started, verbose)
         progress.start()
-        acked = asyncio.run(send(mllp_port, total, connections, rate))
+        acked, ack_ms = asyncio.run(send(mllp_port, total, connections, rate))
         accepted = time.time()
         count_file = arrivals_file.with_suffix(".count")
         deadline = time.monotonic() + 600
@@ -220,6 +227,8 @@ def run(
         "delivered_per_s": round(len(arrivals) / (delivered - started)),
         "latency_ms_p50": round(statistics.median(latencies), 1),
         "latency_ms_p99": round(latencies[int(len(latencies) * 0.99) - 1], 1),
+        "ack_ms_p50": round(statistics.median(ack_ms), 1),
+        "ack_ms_p99": round(ack_ms[int(len(ack_ms) * 0.99) - 1], 1),
     }
 
 
@@ -301,13 +310,15 @@ def main() -> None:
     parser.add_argument("--progress", action="store_true", help="print backlog and deliveries every second")
     parser.add_argument("--redis", nargs="?", const="redis://127.0.0.1:6379/0", help="dramatiq mode: HUB_REDIS_URL and `hub worker`")
     parser.add_argument("--workers", type=int, default=2, help="worker processes with --redis")
+    parser.add_argument("--idle-poll-ms", type=int, help="`hub worker --idle-poll-ms` (default: hub worker's)")
     parser.add_argument("--engine-only", action="store_true", help="the delivery engine alone, on a preloaded outbox")
     parser.add_argument("--rate", type=float, help="pace the sender to this many messages/s (default: as fast as ACKs come)")
     args = parser.parse_args()
     if args.engine_only:
         print(json.dumps(engine_only(args.n, args.db), indent=2))
         return
-    print(json.dumps(run(args.n, args.connections, args.db, args.progress, args.rate, args.redis, args.workers), indent=2))
+    print(json.dumps(run(args.n, args.connections, args.db, args.progress, args.rate, args.redis, args.workers,
+                         args.idle_poll_ms), indent=2))
 
 
 if __name__ == "__main__":

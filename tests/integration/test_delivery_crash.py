@@ -172,3 +172,48 @@ def test_hub_worker_delivers_what_hub_serve_routes_over_redis(database_url: str,
         client = redis.Redis.from_url(env["HUB_REDIS_URL"])
         for key in client.scan_iter(f"{namespace}*"):
             client.delete(key)
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_an_idle_worker_delivers_a_new_message_promptly(database_url: str, tmp_path: Path) -> None:
+    """After a quiet spell, a message is delivered within a poll of `hub worker --idle-poll-ms` (50 ms),
+    not after dramatiq's idle back-off (up to its 1 s worker timeout: 0.5–1 s once idle for ~2 s)."""
+    receiver = FakeMllpReceiver().start()
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(ROUTES.format(port=receiver.port))
+    namespace = unique("hubtest")
+    env = _hub_env(database_url, routes, tmp_path, HUB_REDIS_NAMESPACE=namespace,
+                   HUB_REDIS_URL=os.environ.get("HUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    hub = _serve(env, tmp_path / "hub.log")
+    worker = subprocess.Popen([sys.executable, "-m", "hub", "worker", "--processes", "1", "--threads", "1"],
+                              cwd=REPO, env=env, stdout=open(tmp_path / "worker.log", "wb"),
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    def send_one() -> float:
+        """Send a message; seconds from its ACK until the receiver has it."""
+        before = len(receiver.ids())
+        [ack] = asyncio.run(send_all("127.0.0.1", int(env["HUB_MLLP_PORT"]), [adt(mrn=unique("M"), trigger="A08")]))
+        acked = time.monotonic()
+        assert b"MSA|AA" in ack
+        assert receiver.wait_for(before + 1, timeout=30), (tmp_path / "worker.log").read_text()[-2000:]
+        return receiver.received[-1].at - acked
+
+    try:
+        send_one()  # the worker has booted
+        waits = []
+        for _ in range(5):
+            time.sleep(2.5)  # quiet: an idle consumer's back-off reaches its cap
+            waits.append(send_one())
+        assert sum(waits) / len(waits) < 0.2, waits
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(60)
+        hub.send_signal(signal.SIGTERM)
+        hub.wait(30)
+        receiver.stop()
+        import redis
+
+        client = redis.Redis.from_url(env["HUB_REDIS_URL"])
+        for key in client.scan_iter(f"{namespace}*"):
+            client.delete(key)
