@@ -98,15 +98,19 @@ def ingest(files: tuple[Path, ...], database_url: str | None) -> None:
 @click.option("--chunk-rows", default=1000, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--progress-every", default=5.0, show_default=True, type=float, help="seconds between plain progress lines (not a terminal)")
 @click.option("--database-url", help="HUB_DATABASE_URL")
+@click.option("--defer-search-index/--keep-search-index", default=None,
+              help="build the search index once after the load instead of row by row "
+                   "(default: when the file brings at least 50,000 rows and as many as the records stored)")
 def import_csv(
     file: Path, mapping_ref: str, encoding: str | None, delimiter: str | None, rejects_path: Path | None,
-    chunk_rows: int, progress_every: float, database_url: str | None,
+    chunk_rows: int, progress_every: float, database_url: str | None, defer_search_index: bool | None,
 ) -> None:
     """Import a CSV file with a mapping through the pipeline; bad rows go to the report file."""
     from hub.cli_csv import run_import
 
     settings = _settings(database_url=database_url)
-    sys.exit(run_import(file, mapping_ref, encoding, delimiter, rejects_path, chunk_rows, settings, progress_every))
+    sys.exit(run_import(file, mapping_ref, encoding, delimiter, rejects_path, chunk_rows, settings, progress_every,
+                        defer_search_index))
 
 
 @main.command()

@@ -110,6 +110,7 @@ class Progress:
 def run_import(
     file: Path, mapping_ref: str, encoding: str | None, delimiter: str | None, rejects_path: Path | None,
     chunk_rows: int, settings: Settings, progress_every: float = PLAIN_EVERY_SECONDS,
+    defer_search_index: bool | None = None,
 ) -> int:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
@@ -120,12 +121,15 @@ def run_import(
         click.echo(f"error: {exc}", err=True)
         return 1
     from hub.bootstrap import build
+    from hub.store.deferred import indexes_built_after, worth_deferring
     from hub.store.migrate import upgrade
 
     report = Report(rejects_path or file.with_name(file.name + ".rejects.csv"))
     try:
         hub = build(settings)
         upgrade(hub.engine)
+        if defer_search_index is None:
+            defer_search_index = worth_deferring(hub.engine, _estimated_rows(file))
         # A batch process that allocates millions of short-lived objects without cycles: the cyclic
         # GC's full scans cost ~30 % of mapping time at the default thresholds. Freeze what startup
         # made and collect the young generation less often (memory stays flat: refcounting frees rows).
@@ -155,7 +159,9 @@ def run_import(
 
     summary = None
     try:
-        summary = asyncio.run(run())
+        with indexes_built_after(hub.engine, defer_search_index):
+            summary = asyncio.run(run())
+            loaded = time.monotonic()
     except CsvFileError as exc:
         click.echo(f"error: {file.name} cannot be processed: {exc}", err=True)
         return 1
@@ -166,11 +172,21 @@ def run_import(
         report.close(processed=summary is not None)
         hub.engine.dispose()
     click.echo(f"{file.name}: {summary.line()}")
+    if defer_search_index:
+        click.echo(f"search index built after the load ({time.monotonic() - loaded:.1f} s)")
     click.echo(f"report ({report.entries} rejects and warnings): {report.path}")
     if summary.not_stored:
         click.echo(f"error: {summary.not_stored} rows could not be stored", err=True)
         return 1
     return 0
+
+
+def _estimated_rows(file: Path, sample_bytes: int = 1 << 20) -> int:
+    """Rows in the file, from the line length of its first megabyte."""
+    with open(file, "rb") as stream:
+        sample = stream.read(sample_bytes)
+    lines = sample.count(b"\n")
+    return file.stat().st_size * lines // len(sample) if lines else 0
 
 
 def _tell(stream) -> int:  # type: ignore[no-untyped-def]

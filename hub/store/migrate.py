@@ -22,6 +22,10 @@ def _config(engine: Engine) -> Config:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     command.upgrade(_config(engine), revision)
+    if revision == "head":
+        from hub.store.deferred import restore
+
+        restore(engine)  # indexes a killed bulk load left unbuilt
 
 
 def is_current(engine: Engine) -> bool:
