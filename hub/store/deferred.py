@@ -8,7 +8,9 @@ docs/benchmarks.md). Nothing else reads it while records are written: processing
 their source key and ids; searches during the load still answer, by scanning instead.
 
 A load killed before its end leaves the index missing: `restore` (run by every `upgrade`, so by the
-next `hub serve` or import) builds it again.
+next `hub serve` or import) builds it again. A hub started while a load runs builds it at once too: the
+load goes on, slower, never wrong. On PostgreSQL the build blocks writes to the search index while it
+runs (seconds per hundred thousand records): a hub serving beside the import waits that long to process.
 """
 
 from __future__ import annotations
