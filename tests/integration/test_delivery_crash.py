@@ -80,6 +80,25 @@ def _serve(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     raise AssertionError("hub did not start")
 
 
+def _stop(hub: subprocess.Popen[bytes], *workers: subprocess.Popen[bytes]) -> None:
+    """Stop `hub worker` process groups still running, then `hub serve`."""
+    for worker in workers:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(60)
+    hub.send_signal(signal.SIGTERM)
+    hub.wait(30)
+
+
+def _forget(redis_url: str, namespace: str) -> None:
+    """Delete a test's Redis keys (its namespace)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(f"{namespace}*"):
+        client.delete(key)
+
+
 @pytest.mark.slow
 def test_kill_9_mid_burst_then_restart_delivers_everything_in_order(database_url: str, tmp_path: Path) -> None:
     receiver = FakeMllpReceiver(delay=0.003).start()
@@ -159,19 +178,10 @@ def test_hub_worker_delivers_what_hub_serve_routes_over_redis(database_url: str,
                                 .where(outbox.c.id > since).order_by(outbox.c.id)).all()
         assert_per_patient_order(rows, receiver.ids())
     finally:
-        for worker in workers:
-            if worker.poll() is None:
-                os.killpg(worker.pid, signal.SIGTERM)
-                worker.wait(60)
-        hub.send_signal(signal.SIGTERM)
-        hub.wait(30)
+        _stop(hub, *workers)
         engine.dispose()
         receiver.stop()
-        import redis
-
-        client = redis.Redis.from_url(env["HUB_REDIS_URL"])
-        for key in client.scan_iter(f"{namespace}*"):
-            client.delete(key)
+        _forget(env["HUB_REDIS_URL"], namespace)
 
 
 @pytest.mark.slow
@@ -206,14 +216,6 @@ def test_an_idle_worker_delivers_a_new_message_promptly(database_url: str, tmp_p
             waits.append(send_one())
         assert sum(waits) / len(waits) < 0.2, waits
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(60)
-        hub.send_signal(signal.SIGTERM)
-        hub.wait(30)
+        _stop(hub, worker)
         receiver.stop()
-        import redis
-
-        client = redis.Redis.from_url(env["HUB_REDIS_URL"])
-        for key in client.scan_iter(f"{namespace}*"):
-            client.delete(key)
+        _forget(env["HUB_REDIS_URL"], namespace)

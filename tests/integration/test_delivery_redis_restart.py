@@ -5,7 +5,6 @@ lost — the outbox holds the work, the workers' sweep makes up the nudges Redis
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from tests.integration.test_delivery_crash import (
     _last_id,
     _outbox_states,
     _serve,
+    _stop,
 )
 
 
@@ -107,11 +107,7 @@ def test_redis_restart_mid_burst_loses_nothing_and_keeps_order(database_url: str
         duplicates = {key for key, n in receiver.counts.items() if n > 1}
         assert duplicates <= {r.idempotency_key for r in rows if r.attempts > 1}
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(60)
-        hub.send_signal(signal.SIGTERM)
-        hub.wait(30)
+        _stop(hub, worker)
         server.kill()
         engine.dispose()
         receiver.stop()
