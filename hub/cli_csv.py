@@ -9,6 +9,7 @@ Exit code 0 when the file was processed (even with rejects), 1 when it could not
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import gc
 import logging
@@ -159,7 +160,7 @@ def run_import(
 
     summary = None
     try:
-        with indexes_built_after(hub.engine, defer_search_index):
+        with indexes_built_after(hub.engine) if defer_search_index else contextlib.nullcontext():
             summary = asyncio.run(run())
             loaded = time.monotonic()
     except CsvFileError as exc:

@@ -41,11 +41,8 @@ def worth_deferring(engine: Engine, incoming_rows: int) -> bool:
 
 
 @contextlib.contextmanager
-def indexes_built_after(engine: Engine, defer: bool = True) -> Iterator[None]:
+def indexes_built_after(engine: Engine) -> Iterator[None]:
     """Drop the deferrable indexes for the block and build them after it (also when it raises)."""
-    if not defer:
-        yield
-        return
     with engine.begin() as conn:
         for index in DEFERRABLE:
             index.drop(conn, checkfirst=True)
