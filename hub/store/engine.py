@@ -39,6 +39,30 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.close()
 
 
+BULK_CHECKPOINT_PAGES = 100_000
+"""WAL pages between checkpoints in a bulk load (~400 MB; SQLite's default is 1,000). A load's commits
+each write a few thousand pages, mostly random leaves of the blocking-key and source-key B-trees; checkpointed
+every ~4 MB, the same pages were copied into the database again and again. Measured with the WITHOUT
+ROWID tables of migration 0006, old and new imports side by side (docs/benchmarks.md, seventh session):
+1,000,000 rows 763 s → 726 s, 40 GB → 30 GB written."""
+
+
+def for_bulk_load(engine: Engine) -> None:
+    """SQLite: this engine's connections checkpoint the WAL rarely, and shrink it back once a checkpoint
+    has emptied it (a hub serving beside the load keeps the file open). PostgreSQL: nothing to do."""
+    if engine.dialect.name != "sqlite":
+        return
+    event.listen(engine, "connect", _bulk_pragmas)
+    engine.dispose()  # connections opened before (migrations, counts) would keep the default
+
+
+def _bulk_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA wal_autocheckpoint={BULK_CHECKPOINT_PAGES}")
+    cursor.execute("PRAGMA journal_size_limit=67108864")
+    cursor.close()
+
+
 class WriterTurns:
     """SQLite written by two processes (`hub serve` and its processing process): one writer at a time,
     taking turns on a file lock beside the database. SQLite serialises writers too, but a writer that

@@ -67,6 +67,7 @@ links = Table(
     Column("replaced_by", String(64)),
     Column("updated_at", At, nullable=False),
     Index("ix_mpi_links_person", "person_id"),
+    sqlite_with_rowid=False,
 )
 """Source patient record → person; the primary key makes "exactly one person per record" a database
 fact. `how`: auto | review | new | manual | merge. `replaced_by`: the surviving record of an A40 merge."""
@@ -77,6 +78,7 @@ keys = Table(
     Column("key", String(200), primary_key=True),
     Column("record_id", String(64), primary_key=True),
     Index("ix_mpi_keys_record", "record_id"),
+    sqlite_with_rowid=False,
 )
 """Blocking keys (`kind:value`, see `hub.mpi.blocking`) of every linked source record."""
 

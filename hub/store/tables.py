@@ -101,5 +101,9 @@ record_index = Table(
     Column("value", String(300), primary_key=True),
     Column("kind", String(24), nullable=False),
     Index("ix_record_index_lookup", "kind", "param", "value"),
+    sqlite_with_rowid=False,
 )
-"""Search values (normalised) per record: identifier, family, given, birthdate, gender …"""
+"""Search values (normalised) per record: identifier, family, given, birthdate, gender …
+
+On SQLite the table is its primary key's B-tree (WITHOUT ROWID): a row is written once, not into a
+rowid table and again into the key's index (about a dozen rows a patient; see migration 0006)."""

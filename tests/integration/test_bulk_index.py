@@ -15,7 +15,7 @@ from sqlalchemy import Engine, func, inspect, select
 
 from hub.store import deferred
 from hub.store.deferred import indexes_built_after, worth_deferring
-from hub.store.engine import make_engine
+from hub.store.engine import BULK_CHECKPOINT_PAGES, for_bulk_load, make_engine
 from hub.store.migrate import upgrade
 from hub.store.tables import records
 from tests.conftest import RunningHub, unique
@@ -98,3 +98,12 @@ def test_only_a_load_that_at_least_doubles_the_records_defers(
     monkeypatch.setattr(deferred, "WORTH_IT_FROM", 1)
     assert worth_deferring(engine, stored), "as many rows as records stored: the rebuild pays"
     assert not worth_deferring(engine, stored - 1), "fewer rows than records stored: inserting costs less"
+
+
+def test_a_bulk_load_checkpoints_sqlites_log_rarely(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    upgrade(engine)
+    for_bulk_load(engine)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == BULK_CHECKPOINT_PAGES
+    engine.dispose()
