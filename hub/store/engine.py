@@ -57,10 +57,8 @@ def for_bulk_load(engine: Engine) -> None:
 
 
 def _bulk_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
-    cursor = dbapi_connection.cursor()
-    cursor.execute(f"PRAGMA wal_autocheckpoint={BULK_CHECKPOINT_PAGES}")
-    cursor.execute("PRAGMA journal_size_limit=67108864")
-    cursor.close()
+    dbapi_connection.execute(f"PRAGMA wal_autocheckpoint={BULK_CHECKPOINT_PAGES}")
+    dbapi_connection.execute("PRAGMA journal_size_limit=67108864")
 
 
 class WriterTurns:

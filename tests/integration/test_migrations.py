@@ -8,8 +8,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
 
-import hub.store.mpi
-import hub.store.outbox  # noqa: F401 — their tables are part of the metadata
+import hub.store.mpi  # noqa: F401 — its tables are part of the metadata
+import hub.store.outbox  # noqa: F401 — its tables are part of the metadata
 from hub.store.engine import make_engine
 from hub.store.migrate import upgrade
 from hub.store.tables import metadata
