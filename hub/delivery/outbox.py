@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +110,6 @@ def routed_events(
     missing = {key for *_, key in keyed if key not in written}
     if missing:
         record_ids |= uow.records.ids_by_sources(missing)
-    persons = enterprise_ids(uow, list(record_ids.values()))
     table = getattr(getattr(uow, "routing", None), "table", None)
     asks = table is None or table.reads_open_orders()  # a bare planner (tests): always
     ordering = uow.outbox.with_open_orders(list(record_ids.values())) if asks else None
@@ -118,15 +117,30 @@ def routed_events(
     events = []
     for message_id, n, inbound, key in keyed:
         record_id = record_ids.get(key)
-        person = persons.get(record_id) if record_id else None
-        events.append(RoutedEvent(
+        event = RoutedEvent(
             message_id=message_id, event_index=n, feed=inbound.feed, format=inbound.format,
             event=inbound.events[n], patient_key=f"{key[1]}|{key[2]}", patient_record_id=record_id,
-            enterprise_id=person[0] if person else None, identifiers=person[1] if person else (),
             facility=_facility(inbound), accepted_at=accepted.get(message_id),
             has_open_orders=record_id in ordering if record_id and ordering is not None else None,
-        ))
-    return events
+        )
+        if table is None or _wanted(table, event):
+            events.append(event)
+    persons = enterprise_ids(uow, [e.patient_record_id for e in events if e.patient_record_id])
+    return [
+        replace(e, enterprise_id=person[0], identifiers=person[1])
+        if e.patient_record_id and (person := persons.get(e.patient_record_id)) else e
+        for e in events
+    ]
+
+
+def _wanted(table: Any, event: RoutedEvent) -> bool:
+    """Whether a route takes the event (conditions never read the person): the persons of the others,
+    a CSV registry load's rows with no route for them, are not looked up. A condition that fails says
+    yes: planning the event turns the failure into a dead row."""
+    try:
+        return table.wants(event)
+    except Exception:  # noqa: BLE001
+        return True
 
 
 def enterprise_ids(uow: UnitOfWork, record_ids: Sequence[str]) -> Mapping[str, tuple[str, tuple[tuple[str, str], ...]]]:

@@ -92,6 +92,10 @@ class RouteTable:
     def reads_open_orders(self) -> bool:
         return any(route.reads_open_orders for route in self.routes)
 
+    def wants(self, event: RoutedEvent) -> bool:
+        """Some route takes the event (conditions read the event, never its person: see `plan`)."""
+        return any(route.matches(event) for route in self.routes)
+
     def plan(self, event: RoutedEvent) -> list[Outbound]:
         """The outbound messages for one processed event, built now from this event's data.
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -23,6 +23,7 @@ def _identity(value: Any) -> Any:
     return value
 
 
+@lru_cache(maxsize=64)  # a batch's rows share their timestamps (a CSV chunk: one for thousands of rows)
 def _sqlite_datetime(value: datetime | None) -> str | None:
     if value is None:
         return None

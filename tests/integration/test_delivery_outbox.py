@@ -4,6 +4,7 @@ written when it rolls back; `hub serve` (embedded mode) then delivers them over 
 from __future__ import annotations
 
 import asyncio
+import textwrap
 import threading
 import time
 from collections.abc import Collection
@@ -20,6 +21,7 @@ from hub.bootstrap import build
 from hub.delivery.outbox import Routing, RoutingUnitOfWork
 from hub.outbound import Destination, Outbound, RetryPolicy, RoutedEvent
 from hub.pipeline import process_pending, store_batch
+from hub.routing import parse_routes
 from hub.store.outbox import outbox
 from hub.store.uow import UnitOfWork
 from tests.conftest import RunningHub, adt, hub_settings, run_hub, unique
@@ -108,6 +110,40 @@ def test_routed_events_know_whether_the_patient_has_open_orders(db: Engine) -> N
     process_pending(uow, {"hl7v2": read_message}, limit=50)
     assert [e.message_id for e in seen] == ids
     assert [e.has_open_orders for e in seen] == [True, True, False]
+
+
+def test_only_events_a_route_takes_are_planned_and_each_carries_its_person(db: Engine) -> None:
+    """The person (enterprise id, cross-referenced identifiers) is looked up for the events some route
+    takes; the others are left alone. A condition that fails still ends as one dead row for the event."""
+    table = parse_routes(textwrap.dedent("""\
+        destinations:
+          ehr: {transport: mllp, host: 127.0.0.1, port: 6661, profile: ehr, version: "2.5.1"}
+        routes:
+          - {name: updates-to-ehr, when: {message_type: ADT, trigger: [A08]}, to: [ehr]}
+        """))
+    planned: list[RoutedEvent] = []
+
+    def planner(event: RoutedEvent) -> list[Outbound]:
+        planned.append(event)
+        return table.plan(event)
+
+    mrn = unique("M")
+    ids = _store(db, [adt(mrn=mrn), adt(mrn=mrn, trigger="A08")])
+    process_pending(partial(RoutingUnitOfWork, db, Routing(planner, table=table)), {"hl7v2": read_message}, limit=50)
+    [event] = planned
+    assert event.message_id == ids[1] and event.enterprise_id is not None
+    assert mrn in {value for _, value in event.identifiers}
+    [row] = _outbox_rows(db, ids)
+    assert row["message_id"] == ids[1] and event.enterprise_id.encode() in row["payload"]
+
+    def broken(event: RoutedEvent) -> bool:
+        raise TypeError("a condition that fails")
+
+    failing = replace(table, routes=[replace(table.routes[0], conditions=(broken,))])
+    later = _store(db, [adt(mrn=mrn, trigger="A08")])
+    process_pending(partial(RoutingUnitOfWork, db, Routing(failing.plan, table=failing)), {"hl7v2": read_message}, limit=50)
+    [dead] = _outbox_rows(db, later)
+    assert (dead["destination"], dead["state"], dead["last_detail"]) == ("(routes)", "dead", "TypeError in the routes")
 
 
 def test_no_routes_no_rows(db: Engine) -> None:
