@@ -132,13 +132,29 @@ def _remember_features(record_id: str, version: int, f: Features) -> Features:
 
 
 def explanation_dict(e: Explanation) -> dict[str, Any]:
-    """What a link event keeps of an explanation: levels and weights (compact: one is stored per link)."""
+    """What a link event keeps of an explanation: levels and weights. Stored once per link (the largest
+    table after a bulk load), so each field is a list — `[field, level, weight]`, `1` appended when the
+    weight was adjusted for term frequency — 40 % of the bytes of a dict per field; `event_detail`
+    gives readers the dicts back."""
     return {
         "weight": round(e.weight, 3), "probability": round(e.probability, 6), "band": e.band,
-        "fields": [{"field": f.field, "level": f.level, "weight": round(f.weight, 3), "tf_adjusted": f.tf_adjusted}
+        "fields": [[f.field, f.level, round(f.weight, 3), 1] if f.tf_adjusted else [f.field, f.level, round(f.weight, 3)]
                    for f in e.fields],
         "guards": list(e.guards), "names_swapped": e.names_swapped, "model_version": e.model_version,
     }
+
+
+def event_detail(detail: Any) -> Any:
+    """A link event's stored detail as readers see it: each explanation field a dict (`field`, `level`,
+    `weight`, `tf_adjusted`), whether stored compact (`explanation_dict`) or as dicts (before it)."""
+    explanation = detail.get("explanation") if isinstance(detail, dict) else None
+    if not explanation or not explanation.get("fields"):
+        return detail
+    fields = [
+        {"field": f[0], "level": f[1], "weight": f[2], "tf_adjusted": len(f) > 3 and bool(f[3])} if isinstance(f, list) else f
+        for f in explanation["fields"]
+    ]
+    return {**detail, "explanation": {**explanation, "fields": fields}}
 
 
 # --- the processing hooks ---------------------------------------------------------------------

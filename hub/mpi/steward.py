@@ -15,7 +15,7 @@ from typing import Any
 from hub.delivery.link_changes import notify_link_change
 from hub.model import Patient
 from hub.mpi.model import Explanation
-from hub.mpi.service import MpiError, _Batch, current_model, link_patients
+from hub.mpi.service import MpiError, _Batch, current_model, event_detail, link_patients
 from hub.store.uow import RecordRow, UnitOfWork, utcnow
 
 PROCESSING_LOCK = "hub.pipeline.process"  # the same lock as hub.pipeline's writer
@@ -181,7 +181,7 @@ def history(uow: UnitOfWork, record: str) -> list[dict[str, Any]]:
     """Every link change of a record: who, what, when, from and to which person, and why."""
     row = _patient(uow, record)
     return [
-        {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in event.items()}
+        {k: (v.isoformat() if isinstance(v, datetime) else event_detail(v) if k == "detail" else v) for k, v in event.items()}
         for event in uow.mpi.events_for(row.id)
     ]
 

@@ -102,6 +102,9 @@ def test_review_list_and_steward_actions_over_http(running_hub: RunningHub) -> N
         history = client.get(f"/api/mpi/records/{h2}/events").json()["events"]
         assert [e["action"] for e in history] == ["link", "manual_link", "unlink", "relink", "person_merge", "not_match", "relink"]
         assert all(e["at"] and e["actor"] for e in history)
+        why = history[0]["detail"]["explanation"]  # stored compact, shown field by field
+        assert {"field": "family", "level": "exact"}.items() <= next(f for f in why["fields"] if f["field"] == "family").items()
+        assert all(set(f) == {"field", "level", "weight", "tf_adjusted"} for f in why["fields"])
         assert client.get("/api/mpi/persons/nope").status_code == 404
 
         # specific errors, never a 500

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, func, select
 
 from adapters.inbound.hl7v2.reader import read_frame, read_message
 from hub.mpi import steward
-from hub.mpi.service import MpiError, enterprise_ids
+from hub.mpi.service import MpiError, enterprise_ids, event_detail
 from hub.pipeline import process_pending, store_batch
 from hub.store.engine import make_engine
 from hub.store.migrate import upgrade
@@ -137,7 +137,7 @@ def test_same_person_from_two_feeds_is_auto_linked_with_golden_record_and_audit(
     with engine.connect() as conn:
         event = conn.execute(select(link_events).where(link_events.c.record_id == lab)).one()
     assert event.action == "link" and event.to_person == person and event.model_version
-    levels = {f["field"]: f["level"] for f in event.detail["explanation"]["fields"]}
+    levels = {f["field"]: f["level"] for f in event_detail(event.detail)["explanation"]["fields"]}
     assert levels["family"] == "exact" and levels["birth_date"] == "exact"
     assert p["family"].upper() not in str(event.detail).upper()  # levels and weights, never values
 

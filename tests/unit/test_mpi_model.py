@@ -8,6 +8,7 @@ import pytest
 
 from hub.mpi.compare import features
 from hub.mpi.model import BANDS, Model, TermFrequencies, load_model
+from hub.mpi.service import event_detail, explanation_dict
 from tests.unit.test_mpi_compare import pt
 
 HOME = {"line": "12 Elm Street", "postal": "60614", "phone": "212-555-0142"}
@@ -190,3 +191,19 @@ def test_probability_and_bands_follow_thresholds(model):
 def test_scoring_features_equals_scoring_patients(model):
     a, b = pt("William"), pt("Bill", dob="1980-04-13")
     assert model.score(a, b) == model.score(features(a), features(b))
+
+
+def test_a_link_events_explanation_is_stored_compact_and_read_back_field_by_field(model):
+    """`explanation_dict` stores each field as a list; `event_detail` gives the dicts back, the same for
+    events stored before as dicts, and keeps the term-frequency flag."""
+    tf = TermFrequencies({"family": {"QUENNELL": 0.00002}, "given": {}}, floor=1e-6)
+    e = model.score(pt(), pt(given="Wilbert"), tf)
+    stored = json.loads(json.dumps({"how": "auto", "explanation": explanation_dict(e)}))
+    assert all(isinstance(f, list) for f in stored["explanation"]["fields"])
+    shown = event_detail(stored)["explanation"]["fields"]
+    assert [(f["field"], f["level"], f["tf_adjusted"]) for f in shown] == [(f.field, f.level, f.tf_adjusted) for f in e.fields]
+    assert [f["weight"] for f in shown] == [round(f.weight, 3) for f in e.fields]
+    assert any(f["tf_adjusted"] for f in shown) and not all(f["tf_adjusted"] for f in shown)
+    before = {**stored, "explanation": {**stored["explanation"], "fields": shown}}
+    assert event_detail(before) == event_detail(stored)
+    assert event_detail({"message_id": 7}) == {"message_id": 7} and event_detail(None) is None
