@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 import unicodedata
-import uuid
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -16,14 +16,31 @@ from hub.model import (
 )
 
 
+_SEQUENCE_BITS = 12
+_last_id = (0, 0)
+"""(millisecond, counter) of the last id this process made."""
+_id_lock = threading.Lock()
+
+
 def new_record_id() -> str:
-    """A UUIDv7 (RFC 9562): random enough to be unguessable, and increasing with time, so a bulk load
-    appends to the records' primary key and the search index (which leads with the record id)
-    instead of writing to a random page of each for every row."""
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms << 80) | (0x7 << 76) | ((rand >> 64) & 0xFFF) << 64 | (0b10 << 62) | (rand & ((1 << 62) - 1))
-    return str(uuid.UUID(int=value))
+    """A UUIDv7 (RFC 9562) whose 12 `rand_a` bits count within the millisecond (the RFC's method 1),
+    62 bits random: unguessable, and strictly increasing in the order this process makes them. Bulk
+    loads append to the records' primary key and the search index (which lead with the record id);
+    and the MPI, reading candidates in record-id order, meets ties in the order their records arrived,
+    not at random (with random bits there, two imports of one 1,000,000-row file, same code, made one
+    decision differently: which of several equal candidates were scored)."""
+    global _last_id
+    with _id_lock:
+        ms, counter = time.time_ns() // 1_000_000, 0
+        last_ms, last_counter = _last_id
+        if ms <= last_ms:  # the same millisecond (or the clock stepped back): count on from the last id
+            ms, counter = last_ms, last_counter + 1
+            if counter >> _SEQUENCE_BITS:
+                ms, counter = ms + 1, 0
+        _last_id = ms, counter
+    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    h = f"{(ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"  # the canonical text of uuid.UUID(int=...), faster
 
 
 def merge_patient(old: Patient, new: Patient, cleared: list[str]) -> Patient:

@@ -1,7 +1,9 @@
-"""Record ids: UUIDv7, so bulk loads append to the primary key and the search index."""
+"""Record ids: UUIDv7, so bulk loads append to the primary key and the search index, in the order they
+are made (candidates meet ties in the order their records arrived)."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -24,3 +26,26 @@ def test_record_ids_increase_with_time() -> None:
     assert earlier < later
     millis = uuid.UUID(later).int >> 80
     assert abs(millis - time.time_ns() // 1_000_000) < 5_000
+
+
+def test_record_ids_made_within_one_millisecond_keep_their_order() -> None:
+    ids = [new_record_id() for _ in range(20_000)]  # thousands a millisecond: the counter, then the next ms
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert len({uuid.UUID(i).int >> 80 for i in ids}) < len(ids)  # many share their millisecond
+    assert all(uuid.UUID(i).version == 7 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
+
+
+def test_record_ids_made_on_several_threads_are_unique_and_each_threads_increase() -> None:
+    made: dict[int, list[str]] = {}
+
+    def make(n: int) -> None:
+        made[n] = [new_record_id() for _ in range(5_000)]
+
+    threads = [threading.Thread(target=make, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    everything = [i for ids in made.values() for i in ids]
+    assert len(set(everything)) == len(everything)
+    assert all(ids == sorted(ids) for ids in made.values())

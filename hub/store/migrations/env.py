@@ -2,6 +2,8 @@
 
 from alembic import context
 
+import hub.store.mpi  # noqa: F401 — each table module adds its tables to the one metadata: without these,
+import hub.store.outbox  # noqa: F401 — `alembic revision --autogenerate` would propose dropping them
 from hub.store.tables import metadata
 
 engine = context.config.attributes["engine"]
