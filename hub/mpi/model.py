@@ -291,6 +291,16 @@ _IDENTITY = {
 }
 
 
+_CONFIRMING = {
+    "national_id": _IDENTITY["national_id"],
+    "email": _IDENTITY["email"],
+    "phone": frozenset({"exact"}),
+    "address": frozenset({"exact", "fuzzy"}),
+    "postal_code": frozenset({"exact"}),
+}
+"""What confirms a record whose surname differs: an identifier, or the same way to reach or find the person."""
+
+
 def hard_negative_guards(a: Features, b: Features, levels: dict[str, str]) -> list[str]:
     """Reasons this pair must not be auto-linked, whatever its weight.
 
@@ -308,6 +318,11 @@ def hard_negative_guards(a: Features, b: Features, levels: dict[str, str]) -> li
       date only together with the same phone or address): the rest (names, address, phone) is
       shared by a Jr and a Sr whose birth date one feed left out, and MARY JOHNSON born 1991 is
       several people in one city.
+    - surname_unconfirmed: the surnames differ and nothing but given name, birth date and sex agrees
+      (no national id, e-mail, phone, address or postal code): a married name, or another FRANK born
+      the same day — among a million persons there are dozens of each birth date, and a common given
+      name makes the namesake likelier than the marriage (1,000,000 synthetic records: 26 % of such
+      auto-links were two people, half of all false auto-links; docs/benchmarks.md, eighth session).
     """
     guards = []
     given_incompatible = levels["given"] in _INCOMPATIBLE_GIVEN
@@ -351,6 +366,8 @@ def hard_negative_guards(a: Features, b: Features, levels: dict[str, str]) -> li
     )
     if not partial_at_home and not any(levels[f] in ok for f, ok in _IDENTITY.items()):
         guards.append("no_identity")
+    if levels["family"] == DIFFERENT and not any(levels[f] in ok for f, ok in _CONFIRMING.items()):
+        guards.append("surname_unconfirmed")
     return guards
 
 

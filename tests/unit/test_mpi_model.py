@@ -207,3 +207,18 @@ def test_a_link_events_explanation_is_stored_compact_and_read_back_field_by_fiel
     before = {**stored, "explanation": {**stored["explanation"], "fields": shown}}
     assert event_detail(before) == event_detail(stored)
     assert event_detail({"message_id": 7}) == {"message_id": 7} and event_detail(None) is None
+
+
+def test_a_different_surname_needs_more_than_given_name_and_birth_date(model):
+    """FRANK born 1954-06-29 under two surnames: a married name, or two men — at a million persons, often
+    the second. Given name, birth date and sex alone never auto-link it; a shared phone, address or
+    national id does."""
+    a = pt("Frank", "Hillbrook", "1954-06-29", gender="male")
+    b = pt("Frank", "Vasquez-Rowe", "1954-06-29", gender="male")
+    e = model.score(a, b)
+    assert e.weight >= model.link_weight, "above the link threshold on its weight: only the guard holds it back"
+    assert "surname_unconfirmed" in e.guards and e.band == "review"
+    confirmed = model.score(pt("Frank", "Hillbrook", "1954-06-29", gender="male", phone="555-0142", line="14 Quill Row"),
+                            pt("Frank", "Vasquez-Rowe", "1954-06-29", gender="male", phone="555-0142", line="14 Quill Row"))
+    assert "surname_unconfirmed" not in confirmed.guards
+    assert "surname_unconfirmed" not in model.score(pt("Frank", "Hillbrook", "1954-06-29"), pt("Frank", "Hilbrook", "1954-06-29")).guards
