@@ -123,7 +123,7 @@ def routed_events(
             facility=_facility(inbound), accepted_at=accepted.get(message_id),
             has_open_orders=record_id in ordering if record_id and ordering is not None else None,
         )
-        if table is None or _wanted(table, event):
+        if table is None or table.wants(event):  # the others' persons are not looked up (a CSV load no route names)
             events.append(event)
     persons = enterprise_ids(uow, [e.patient_record_id for e in events if e.patient_record_id])
     return [
@@ -131,16 +131,6 @@ def routed_events(
         if e.patient_record_id and (person := persons.get(e.patient_record_id)) else e
         for e in events
     ]
-
-
-def _wanted(table: Any, event: RoutedEvent) -> bool:
-    """Whether a route takes the event (conditions never read the person): the persons of the others,
-    a CSV registry load's rows with no route for them, are not looked up. A condition that fails says
-    yes: planning the event turns the failure into a dead row."""
-    try:
-        return table.wants(event)
-    except Exception:  # noqa: BLE001
-        return True
 
 
 def enterprise_ids(uow: UnitOfWork, record_ids: Sequence[str]) -> Mapping[str, tuple[str, tuple[tuple[str, str], ...]]]:

@@ -93,8 +93,12 @@ class RouteTable:
         return any(route.reads_open_orders for route in self.routes)
 
     def wants(self, event: RoutedEvent) -> bool:
-        """Some route takes the event (conditions read the event, never its person: see `plan`)."""
-        return any(route.matches(event) for route in self.routes)
+        """Some route takes the event. Conditions read the event, never its person, so processing looks the
+        person up only for these. A condition that fails says yes: planning turns the failure into a dead row."""
+        try:
+            return any(route.matches(event) for route in self.routes)
+        except Exception:  # noqa: BLE001
+            return True
 
     def plan(self, event: RoutedEvent) -> list[Outbound]:
         """The outbound messages for one processed event, built now from this event's data.

@@ -159,7 +159,7 @@ def test_no_routes_no_rows(db: Engine) -> None:
 def start_routed_hub(database_url: str, data_dir: object, destinations: dict[str, Destination], planner: object,
                      **settings: object) -> tuple[RunningHub, threading.Thread]:
     """`hub serve` on a thread, with a stand-in for the routes file (destinations + planner)."""
-    routes = SimpleNamespace(destinations=destinations, plan=planner, reads_open_orders=lambda: True)
+    routes = SimpleNamespace(destinations=destinations, plan=planner, reads_open_orders=lambda: True, wants=lambda event: True)
     return run_hub(build(hub_settings(database_url, data_dir, **settings), routes=routes, sweep_every=0.1))  # type: ignore[arg-type]
 
 
