@@ -131,11 +131,12 @@ def inbound_readers() -> dict[str, Any]:
 
 def build(
     settings: Settings, *, planner: Planner | None = None, routes: Any = None,
-    transports: TransportFactory | None = None, sweep_every: float = 1.0,
+    transports: TransportFactory | None = None, sweep_every: float = 1.0, bulk_load: bool = False,
 ) -> Hub:
-    """`planner`/`routes`/`transports` replace the routes file and the real transports (tests)."""
+    """`planner`/`routes`/`transports` replace the routes file and the real transports (tests); `bulk_load`:
+    the database engine is set up for a bulk load (`hub import-csv`, `hub.store.engine.make_engine`)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.database)
+    engine = make_engine(settings.database, bulk_load=bulk_load)
     use_model_file(settings.mpi_model)  # HUB_MPI_MODEL: the model the master patient index matches with
     readers = inbound_readers()
     injected = routes if routes is not None else planner

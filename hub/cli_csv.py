@@ -123,16 +123,14 @@ def run_import(
         return 1
     from hub.bootstrap import build
     from hub.store.deferred import indexes_built_after, worth_deferring
-    from hub.store.engine import for_bulk_load
     from hub.store.migrate import upgrade
 
     report = Report(rejects_path or file.with_name(file.name + ".rejects.csv"))
     try:
-        hub = build(settings)
+        hub = build(settings, bulk_load=True)
         upgrade(hub.engine)
         if defer_search_index is None:
             defer_search_index = worth_deferring(hub.engine, _estimated_rows(file))
-        for_bulk_load(hub.engine)
         # A batch process that allocates millions of short-lived objects without cycles: the cyclic
         # GC's full scans cost ~30 % of mapping time at the default thresholds. Freeze what startup
         # made and collect the young generation less often (memory stays flat: refcounting frees rows).

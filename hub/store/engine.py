@@ -17,11 +17,14 @@ set_json_dumps(jsoncodec.dumps)  # psycopg's JSON/JSONB adaptation, for SQLAlche
 set_json_loads(jsoncodec.loads)
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, bulk_load: bool = False) -> Engine:
+    """`bulk_load` (`hub import-csv`): on SQLite, the WAL is checkpointed rarely (see BULK_CHECKPOINT_PAGES)."""
     codec = {"json_serializer": jsoncodec.dumps_text, "json_deserializer": jsoncodec.loads}
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **codec)
         event.listen(engine, "connect", _sqlite_pragmas)
+        if bulk_load:
+            event.listen(engine, "connect", _bulk_pragmas)
         return engine
     return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, **codec)
 
@@ -47,16 +50,9 @@ ROWID tables of migration 0006, old and new imports side by side (docs/benchmark
 1,000,000 rows 763 s → 726 s, 40 GB → 30 GB written."""
 
 
-def for_bulk_load(engine: Engine) -> None:
-    """SQLite: this engine's connections checkpoint the WAL rarely, and shrink it back once a checkpoint
-    has emptied it (a hub serving beside the load keeps the file open). PostgreSQL: nothing to do."""
-    if engine.dialect.name != "sqlite":
-        return
-    event.listen(engine, "connect", _bulk_pragmas)
-    engine.dispose()  # connections opened before (migrations, counts) would keep the default
-
-
 def _bulk_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    # checkpoint rarely, and shrink the WAL back once a checkpoint has emptied it (a hub serving beside
+    # the load keeps the file open)
     dbapi_connection.execute(f"PRAGMA wal_autocheckpoint={BULK_CHECKPOINT_PAGES}")
     dbapi_connection.execute("PRAGMA journal_size_limit=67108864")
 

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, func, inspect, select
 
 from hub.store import deferred
 from hub.store.deferred import indexes_built_after, worth_deferring
-from hub.store.engine import BULK_CHECKPOINT_PAGES, for_bulk_load, make_engine
+from hub.store.engine import BULK_CHECKPOINT_PAGES, make_engine
 from hub.store.migrate import upgrade
 from hub.store.tables import records
 from tests.conftest import RunningHub, unique
@@ -101,9 +101,12 @@ def test_only_a_load_that_at_least_doubles_the_records_defers(
 
 
 def test_a_bulk_load_checkpoints_sqlites_log_rarely(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}", bulk_load=True)
     upgrade(engine)
-    for_bulk_load(engine)
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == BULK_CHECKPOINT_PAGES
     engine.dispose()
+    served = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")  # `hub serve` keeps SQLite's default
+    with served.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == 1000
+    served.dispose()
