@@ -288,6 +288,10 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="model file (default: the shipped one)")
     parser.add_argument("--no-splink", action="store_true")
     parser.add_argument(
+        "--population", type=int, default=None,
+        help="records in the index the pairs are scored for (default: the data's records; 0: the prior as trained)",
+    )
+    parser.add_argument(
         "--train-model",
         type=Path,
         default=None,
@@ -324,6 +328,8 @@ def main() -> None:
         print(f"wrote {args.train_model} version {trained.version}: prior {trained.prior:.4f}, {trained.trained_on}")
         model = trained
 
+    # scored as an index holding all these records would score them (the prior follows the index's size)
+    model = model.at_population(len(feats) if args.population is None else args.population)
     tf = TermFrequencies.from_features(feats)
     ordered = sorted(pairs)
     t0 = time.perf_counter()
@@ -421,7 +427,7 @@ def main() -> None:
         f"- date: {now}; machine: nproc {os.cpu_count()}, Python {platform.python_version()}, {platform.system()} {platform.machine()}; repo revision {rev} (uncommitted working tree)",
         (
             f"- command: `python bench/mpi_quality.py --persons {args.persons} --seed {args.seed}`; model `{model.version}` "
-            f"(trained on: {model.trained_on.get('source', '?')}); thresholds: auto-link ≥ {model.link_weight} bits, review ≥ {model.review_weight} bits"
+            f"(trained on: {model.trained_on.get('source', '?')}); thresholds: auto-link ≥ {model.link_weight} bits, review ≥ {model.review_weight} bits; prior lowered by {model.population_shift:g} bits for an index of {len(feats) if args.population is None else args.population} records"
         ),
         f"- data: {len(data.persons)} persons, {len(data.records)} records over {len(FEEDS)} feeds ({', '.join(FEEDS)}), {len(truth)} true pairs; "
         f"households: {', '.join(f'{k} {v:.0%}' for k, v in HOUSEHOLDS.items())}; hard-negative person pairs: "

@@ -76,6 +76,8 @@ def decide(
 def format_explanation(e: Explanation) -> str:
     """Plain-text table for `hub mpi explain` (levels and weights only, no patient values)."""
     lines = [f"model {e.model_version}: weight {e.weight:.2f} bits, probability {e.probability:.6f}, band {e.band}"]
+    if e.population_shift:
+        lines.append(f"prior lowered by {e.population_shift:g} bits for the size of the index")
     if e.names_swapped:
         lines.append("given and family names compared swapped")
     lines.extend(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -54,6 +54,7 @@ class Explanation:
     guards: list[str] = field(default_factory=list)
     names_swapped: bool = False
     model_version: str = ""
+    population_shift: float = 0.0  # bits taken off the prior for the size of the index (`Model.at_population`)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -120,15 +121,39 @@ class Model:
     """Correlated fields whose agreements are capped together: {"household": {"fields": [...], "max_weight": 14}}.
     Phone, address and postal code all say "lives here"; summed as if independent they would
     link any two members of a household on 30+ bits."""
+    prior_population: int | None = None
+    """Records in the index `prior` was estimated for (None: the prior is used whatever the size)."""
+    population_shift: float = 0.0
+    """Bits taken off the prior's log-odds: set by `at_population`, never stored in the file."""
 
     def __post_init__(self) -> None:
         self._weights = {
             name: {level: math.log2(p["m"] / p["u"]) for level, p in levels.items()}
             for name, levels in self.fields.items()
         }
-        self._prior_weight = math.log2(self.prior / (1.0 - self.prior))
+        self._prior_weight = math.log2(self.prior / (1.0 - self.prior)) - self.population_shift
+        self._at_population: dict[float, Model] = {}
         self._tf_m = {name: self.fields[name]["exact"]["m"] for name in self.tf_fields}
         self._group_of = {member: group for group, spec in self.groups.items() for member in spec["fields"]}
+
+    def at_population(self, records: int) -> Model:
+        """This model for an index holding `records` source records.
+
+        The prior is P(same person) for a pair that blocking finds. A record's true matches do not grow
+        with the index, its namesakes do: every birth date and name key names a number of strangers
+        proportional to the records held, so the prior odds fall by log2(records / prior_population) bits.
+        A pair that links among 5,000 persons on given name, surname and birth date alone is one of
+        several people among 400,000 (docs/benchmarks.md, ninth session). Quarter-bit steps, never a
+        rise above the trained prior: a small index keeps the model as trained."""
+        if not self.prior_population or records <= self.prior_population:
+            return self
+        shift = math.floor(4 * math.log2(records / self.prior_population)) / 4
+        if shift <= 0:
+            return self
+        model = self._at_population.get(shift)
+        if model is None:
+            model = self._at_population[shift] = replace(self, population_shift=shift)
+        return model
 
     # --- persistence ------------------------------------------------------------------------
 
@@ -150,6 +175,7 @@ class Model:
             trained_on=data.get("trained_on", {}),
             term_frequencies=TermFrequencies(tf["tables"], tf["floor"]) if tf else None,
             groups=data.get("groups", {}),
+            prior_population=data.get("prior_population"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -158,6 +184,7 @@ class Model:
             "version": self.version,
             "trained_on": self.trained_on,
             "prior": self.prior,
+            "prior_population": self.prior_population,
             "thresholds": {
                 "link_weight": self.link_weight,
                 "review_weight": self.review_weight,
@@ -268,6 +295,7 @@ class Model:
             guards,
             names_swapped,
             self.version,
+            self.population_shift,
         )
 
     def score(
@@ -306,7 +334,9 @@ def hard_negative_guards(a: Features, b: Features, levels: dict[str, str]) -> li
 
     - twin: given names that are neither equal, typo-close, nicknames nor initials of each other
       with (nearly) the same birth date, or different multiple-birth orders; or typo-close given
-      names with the same birth date and no national id or e-mail agreeing;
+      names with the same birth date and no national id or e-mail agreeing; or, when either record
+      says it is one of a multiple birth, any given name but the same one (nicknames included) with
+      no national id or e-mail agreeing;
     - generation: different Jr/Sr/II/III, or birth years 20 or more apart (parent and child);
     - spouse: same surname and address or phone, different given name and birth date;
     - given_mismatch: any other pair whose given names clearly differ (siblings, relatives);
@@ -342,6 +372,16 @@ def hard_negative_guards(a: Features, b: Features, levels: dict[str, str]) -> li
     ):
         # TERESA and THERESA born the same day: a typo or twins, and nothing personal
         # (national id, e-mail) to tell which
+        guards.append("twin")
+    elif (
+        (a.multiple_birth or b.multiple_birth)
+        and levels["given"] != "exact"
+        and levels["birth_date"] in _DOB_CLOSE
+        and levels["national_id"] not in _IDENTITY["national_id"]
+        and levels["email"] != "exact"
+    ):
+        # a record that says it is one of a multiple birth: its twin shares everything but the given
+        # name, so a nickname (LAWRENCE and LARRY) or a typo-close one is the twin as likely as a variant
         guards.append("twin")
     year_a, year_b = a.birth_year, b.birth_year
     if (a.generation and b.generation and a.generation != b.generation) or (

@@ -136,12 +136,13 @@ def explanation_dict(e: Explanation) -> dict[str, Any]:
     table after a bulk load), so each field is a list — `[field, level, weight]`, `1` appended when the
     weight was adjusted for term frequency — 40 % of the bytes of a dict per field; `event_detail`
     gives readers the dicts back."""
-    return {
+    compact = {
         "weight": round(e.weight, 3), "probability": round(e.probability, 6), "band": e.band,
         "fields": [[f.field, f.level, round(f.weight, 3), 1] if f.tf_adjusted else [f.field, f.level, round(f.weight, 3)]
                    for f in e.fields],
         "guards": list(e.guards), "names_swapped": e.names_swapped, "model_version": e.model_version,
     }
+    return compact | {"population_shift": e.population_shift} if e.population_shift else compact
 
 
 def event_detail(detail: Any) -> Any:
@@ -208,7 +209,7 @@ def enterprise_ids(uow: UnitOfWork, record_ids: Collection[str]) -> dict[str, tu
 def match_candidates(uow: UnitOfWork, patient: Patient, limit: int = 10) -> list[tuple[str, Explanation]]:
     """Persons that `patient` (not stored) may be, best first, each with its best pair's explanation:
     blocking and scoring exactly as processing would decide, without linking anything (FHIR `$match`)."""
-    model = current_model()
+    model = current_model().at_population(uow.mpi.population())
     f = features(patient)
     keys = blocking_keys(f)
     frequent = {k for k, n in uow.mpi.key_counts(keys).items() if n >= MAX_KEY_RECORDS}
@@ -313,6 +314,8 @@ class _Batch:
         self.sole: dict[str, str] = {}  # new person → the batch record it was made for
         self.reinactivate: list[RecordRow] = []
         self.waiting_merges: dict[tuple[str, str], tuple[int, str]] = {}  # A40s waiting for a batch record
+        self.population = 0  # source records linked before this batch (`MpiRepository.population`)
+        self.first_links = 0  # records this batch linked for the first time
         self.force = False
         self.folded = False  # a merge moved stored records: persons made by this batch may hold records outside it
 
@@ -324,6 +327,7 @@ class _Batch:
             return
         ids = [r.id for r in rows]
         mpi = self.uow.mpi
+        self.population = mpi.population()
         if len(rows) >= BULK_ROWS:
             mpi.plain_plans()
         maybe_linked = [i for i in ids if i not in new]
@@ -424,7 +428,9 @@ class _Batch:
 
     def _decide(self, record_id: str, item: _Row, link: LinkRow | None) -> None:
         assert item.features is not None
-        decision = decide(self.model, item.features, self._candidate_groups(record_id, item))
+        # the index as one-by-one arrival would find it: what was linked before, and this batch's earlier records
+        model = self.model.at_population(self.population + self.first_links)
+        decision = decide(model, item.features, self._candidate_groups(record_id, item))
         current = link.person_id if link else None
         if decision.band == "link" and decision.person_id is not None:
             if decision.person_id != current:
@@ -506,6 +512,8 @@ class _Batch:
         self.links[record_id] = link
         self.counts[target] = self.counts.get(target, 0) + 1
         self.touched.add(target)
+        if current is None:
+            self.first_links += 1
         if target in self.new_persons and record_id in self.rows:
             self.sole.setdefault(target, record_id)
         if current is not None and current != target:

@@ -189,7 +189,8 @@ def history(uow: UnitOfWork, record: str) -> list[dict[str, Any]]:
 def explain(uow: UnitOfWork, a: str, b: str) -> Explanation:
     """Why two records match or not, field by field (levels and weights, no values)."""
     first, second = _patient(uow, a), _patient(uow, b)
-    return current_model().score(Patient.model_validate(first.data), Patient.model_validate(second.data))
+    model = current_model().at_population(uow.mpi.population())
+    return model.score(Patient.model_validate(first.data), Patient.model_validate(second.data))
 
 
 def export_rows(uow: UnitOfWork) -> Iterator[tuple[str, str, str]]:

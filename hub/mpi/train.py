@@ -218,4 +218,5 @@ def train(
         tf_min_u=base.tf_min_u,
         trained_on=info,
         groups=base.groups,
+        prior_population=len(records),
     )

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Connection,
@@ -144,6 +145,16 @@ pending_merges = Table(
 )
 """A40 merges that named a record the hub had not seen: applied when that record arrives."""
 
+counters = Table(
+    "mpi_counters",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+"""Counts the match step keeps in its own transaction. `records`: source records linked, the size of the
+index that the model's prior follows (`Model.at_population`) — read for every batch, so not a count(*)
+over a million links, and exact, so that the same arrivals always get the same decisions."""
+
 
 @dataclass(slots=True)
 class PersonRow:
@@ -232,6 +243,11 @@ _CANDIDATES_PG_SQL = (
 """PostgreSQL: the same rows (a key without link or record is dropped after), written so that only index
 look-ups can answer it: with statistics that lag a bulk load the join above became hash joins over every
 link and record, for every batch (130 ms a batch at 100,000 records, growing with them)."""
+_POPULATION_SQL = "SELECT value FROM mpi_counters WHERE name = 'records'"
+_ADD_TO_POPULATION_SQL = (
+    "INSERT INTO mpi_counters (name, value) VALUES ('records', {p}) ON CONFLICT (name)"
+    " DO UPDATE SET value = mpi_counters.value + excluded.value"
+)
 _KEY_SIZES_SQL = "SELECT key, count(*) FROM mpi_keys WHERE key {ids} GROUP BY key"
 _IN_KEYS_SQL = {  # SQLite: `+key` keeps the planner on the record_id index (a few rows per record)
     "sqlite": "SELECT key, record_id FROM mpi_keys WHERE record_id IN ({ids}) AND +key IN ({keys})",
@@ -392,6 +408,14 @@ class MpiRepository:
     def write_links(self, inserted: Sequence[LinkRow], updated: Sequence[LinkRow]) -> None:
         insert_many(self.conn, links, [_link_values(link) for link in inserted])
         update_many(self.conn, links, "record_id", [_link_values(link) for link in updated])
+        if inserted:  # each record is inserted into the links once: they count the index's records
+            placeholder = "%s" if self.conn.dialect.name == "postgresql" else "?"
+            self.conn.exec_driver_sql(_ADD_TO_POPULATION_SQL.format(p=placeholder), (len(inserted),))
+
+    def population(self) -> int:
+        """Source records linked (kept by `write_links`)."""
+        rows = fetch(self.conn, _POPULATION_SQL, ())
+        return int(rows[0][0]) if rows else 0
 
     def members(self, person_ids: Collection[str]) -> dict[str, list[Member]]:
         """Person → its source records (current data), for survivorship and the API."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -13,6 +16,8 @@ import hub.store.outbox  # noqa: F401 — its tables are part of the metadata
 from hub.store.engine import make_engine
 from hub.store.migrate import upgrade
 from hub.store.tables import metadata
+from hub.store.uow import UnitOfWork
+from tests.conftest import BACKENDS, create_postgres_database, drop_postgres_database
 
 ROWS = {
     "record_index": ("record_id, param, value, kind", "('0190a0f0-0000-7000-8000-000000000001', 'family', 'quillfeather', 'patient')"),
@@ -44,4 +49,28 @@ def test_sqlite_keeps_the_small_keyed_tables_without_rowid_and_their_rows(tmp_pa
             assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() == 1, table
         indexes = {name for (name,) in conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'index'"))}
     assert {"ix_record_index_lookup", "ix_mpi_keys_record", "ix_mpi_links_person"} <= indexes
+    engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'hub.db'}"
+        return
+    url = create_postgres_database()
+    try:
+        yield url
+    finally:
+        drop_postgres_database(url)
+
+
+def test_the_count_of_linked_records_starts_from_the_links_already_stored(empty_url: str) -> None:
+    """An index upgraded with records in it decides at its size (`Model.at_population`), not as if empty."""
+    engine = make_engine(empty_url)
+    upgrade(engine, "0006_sqlite_without_rowid")
+    with engine.begin() as conn:
+        conn.execute(text(f"INSERT INTO mpi_links ({ROWS['mpi_links'][0]}) VALUES {ROWS['mpi_links'][1]}"))
+    upgrade(engine)
+    with UnitOfWork(engine) as uow:
+        assert uow.mpi.population() == 1
     engine.dispose()

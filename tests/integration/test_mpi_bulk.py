@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from collections import defaultdict
@@ -25,6 +26,7 @@ from sqlalchemy import create_engine, text
 
 from bench.mpi_synth import generate
 from hub.mpi import service
+from hub.mpi.model import load_model
 from hub.mpi.service import link_batch
 from hub.store.engine import make_engine
 from hub.store.migrate import upgrade
@@ -191,3 +193,30 @@ def test_large_blocks_read_in_part_decide_as_read_whole(fresh_urls: list[str], m
     assert sum(len(keys) for keys in service._large_keys.values()) > 20  # the partial path ran
     assert in_part == whole
     assert scored[1] == scored[0]  # the same candidates, in the same order, for every record
+
+
+def test_the_prior_follows_the_index_alike_in_bulk_and_one_by_one(fresh_urls: list[str]) -> None:
+    """A model trained for an index of 40 records: through 480 records its prior drops by up to 3.5 bits.
+    One batch of all of them decides as one record per transaction does — each record is decided at the
+    size the index had when it came (the count is kept in the match step's transaction)."""
+    rows = _records(200)
+    service.use_model(replace(load_model(), prior_population=40))
+    try:
+        bulk = _link_all(fresh_urls[0], rows, len(rows))
+        one_by_one = _link_all(fresh_urls[1], rows, 1)
+    finally:
+        service.use_model(None)
+    assert bulk == one_by_one
+    engine = make_engine(fresh_urls[0])
+    with UnitOfWork(engine) as uow:
+        assert uow.mpi.population() == len(rows)
+        explained = [(n, e["detail"]["explanation"]) for n, r in enumerate(rows) for e in uow.mpi.events_for(r.id)
+                     if "explanation" in e["detail"]]
+    engine.dispose()
+    for before, explanation in explained:  # each decision's prior: the index as it was when the record came
+        assert explanation.get("population_shift", 0.0) == max(0.0, math.floor(4 * math.log2(max(before, 1) / 40)) / 4)
+    assert explained[-1][1]["population_shift"] >= 3.0
+    as_trained = _link_all(fresh_urls[2], rows, len(rows))[1]
+    how = {r: decided[0] for r, decided in bulk[1].items() if not r.startswith("review:")}
+    changed = sum(how[r] != decided[0] for r, decided in as_trained.items() if not r.startswith("review:"))
+    assert changed > 0  # the smaller prior decided some records otherwise: it was applied

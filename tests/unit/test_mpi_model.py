@@ -7,6 +7,7 @@ import json
 import pytest
 
 from hub.mpi.compare import features
+from hub.mpi.decide import format_explanation
 from hub.mpi.model import BANDS, Model, TermFrequencies, load_model
 from hub.mpi.service import event_detail, explanation_dict
 from tests.unit.test_mpi_compare import pt
@@ -28,7 +29,7 @@ def test_shipped_model_file_is_versioned_and_complete(model):
 
 
 def test_unknown_level_in_a_model_file_is_refused(model):
-    data = model.to_dict()
+    data = json.loads(json.dumps(model.to_dict()))  # a copy: to_dict shares the model's tables
     data["fields"]["given"]["soundalike"] = {"m": 0.1, "u": 0.1}
     with pytest.raises(ValueError):
         Model.from_dict(data)
@@ -104,6 +105,21 @@ def test_twins_by_multiple_birth_order(model):
     a = pt("Wilbur", "Quennell", "2011-04-12", multiple_birth=1, **HOME)
     b = pt("Wilbur", "Quennell", "2011-04-12", multiple_birth=2, **HOME)
     assert "twin" in model.score(a, b).guards
+
+
+def test_a_record_of_a_multiple_birth_needs_the_given_name_itself(model):
+    """LAWRENCE, second of twins, and LARRY born the same day at the same address: his twin brother as
+    likely as his nickname. Exactly the same given name, or a national id, still links."""
+    larry = pt("Larry", "Quennell", "2011-04-12", multiple_birth=2, gender="male", **HOME)
+    e = model.score(pt("Lawrence", "Quennell", "2011-04-12", gender="male", **HOME), larry)
+    assert e.weight >= model.link_weight and "twin" in e.guards and e.band == "review"
+    assert model.score(pt("Larry", "Quennell", "2011-04-12", gender="male", **HOME), larry).band == "link"
+    with_id = {"nid": "900-12-3456", "gender": "male", **HOME}
+    assert model.score(pt("Lawrence", "Quennell", "2011-04-12", **with_id),
+                       pt("Larry", "Quennell", "2011-04-12", multiple_birth=2, **with_id)).band == "link"
+    # without a multiple-birth order on either record a nickname is a nickname
+    assert model.score(pt("Lawrence", "Quennell", "2011-04-12", gender="male", **HOME),
+                       pt("Larry", "Quennell", "2011-04-12", gender="male", **HOME)).band == "link"
 
 
 def test_junior_and_senior_are_never_auto_linked(model):
@@ -222,3 +238,26 @@ def test_a_different_surname_needs_more_than_given_name_and_birth_date(model):
                             pt("Frank", "Vasquez-Rowe", "1954-06-29", gender="male", phone="555-0142", line="14 Quill Row"))
     assert "surname_unconfirmed" not in confirmed.guards
     assert "surname_unconfirmed" not in model.score(pt("Frank", "Hillbrook", "1954-06-29"), pt("Frank", "Hilbrook", "1954-06-29")).guards
+
+
+def test_the_prior_follows_the_size_of_the_index(model):
+    """JIM SMITH and JAMES SMITH born a year apart: in an index the size of the training data most likely one
+    man, in an index of 400,000 records (whose blocks name ~33 times as many strangers) only possibly."""
+    a = pt("James", "Smith", "1980-04-12", gender="male")
+    b = pt("Jim", "Smith", "1981-04-12", gender="male")
+    assert model.at_population(model.prior_population) is model  # a small index keeps the model as trained
+    assert model.at_population(10) is model
+    assert model.at_population(2 * model.prior_population).population_shift == 1.0
+    large = model.at_population(400_000)
+    assert large.population_shift == 5.0  # log2(400,000 / 11,999) = 5.06, in quarter bits
+    assert large is model.at_population(400_001)  # one model per step
+    trained, at_scale = model.score(a, b), large.score(a, b)
+    assert trained.band == "link" and at_scale.band == "review"
+    assert trained.weight - at_scale.weight == pytest.approx(5.0)
+    assert at_scale.fields == trained.fields  # the comparison is the same: only the prior moved
+    assert "prior lowered by 5 bits" in format_explanation(at_scale)
+    stored = event_detail({"explanation": explanation_dict(at_scale)})["explanation"]
+    assert stored["population_shift"] == 5.0 and "population_shift" not in explanation_dict(trained)
+    data = large.to_dict()  # the file keeps the trained prior and the size it was trained for, never the shift
+    assert data["prior"] == model.prior and data["prior_population"] == model.prior_population
+    assert Model.from_dict(data).population_shift == 0.0
