@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -218,6 +219,7 @@ def run(
             for key in client.scan_iter(f"{env['HUB_REDIS_NAMESPACE']}*"):
                 client.delete(key)
     arrivals = dict(json.loads(arrivals_file.read_text()))
+    shutil.rmtree(work, ignore_errors=True)
     delivered = max(arrivals.values())
     latencies = sorted((arrivals[k] - acked[k]) * 1000 for k in acked if k in arrivals)
     return {
@@ -277,6 +279,7 @@ def engine_only(total: int, db: str) -> dict[str, object]:
         receiver.wait(30)
         engine.dispose()
         dropper()
+        shutil.rmtree(work, ignore_errors=True)
     return {"mode": "engine only", "db": db, "rows": total, "result": str(result),
             "delivered_per_s": round(total / elapsed)}
 

@@ -7,7 +7,8 @@ in turns of about `turn_budget` seconds of work (sized by processing's measured 
 and which goes first depends on the senders:
 - A stream (senders send when they have something, and wait for nothing but the ACK of the last
   message): after each store batch, processing takes a turn while it is behind, so routing follows
-  arrivals within a turn or two and no ACK waits more than one turn.
+  arrivals within a turn or two and no ACK waits more than one turn. A stream that keeps processing
+  behind for half a second gets turns three times longer (`_turn`).
 - A burst (senders backlogged: most messages arrive within `eager_gap` of the same sender's previous
   ACK, so a faster ACK is their throughput): storing goes first, as fast as the disk allows, and
   processing takes the pauses between arrivals, plus one turn a second (`probe_every`) so that the
@@ -102,6 +103,8 @@ class Intake:
         process_batch: int = 200,
         busy_max_events: int = 200,
         turn_budget: float = 0.02,
+        long_turn_budget: float = 0.06,
+        long_turn_after: float = 0.5,
         eager_gap: float = 0.003,
         probe_every: float = 1.0,
         max_backlog: int = 50_000,
@@ -117,6 +120,8 @@ class Intake:
         self._process_batch = process_batch
         self._busy_max_events = busy_max_events
         self._turn_budget = turn_budget
+        self._long_turn_budget = long_turn_budget
+        self._long_turn_after = long_turn_after
         self._senders = Senders(eager_gap)
         self._probe_every = probe_every
         self._seconds_per_message = 0.0025
@@ -358,8 +363,17 @@ class Intake:
         return self._senders.eager_share > 0.5
 
     def _turn(self) -> int:
-        """Messages that make one turn of about `turn_budget` seconds at processing's recent cost."""
-        return max(1, min(self._process_batch, int(self._turn_budget / self._seconds_per_message)))
+        """Messages that make one turn of about `turn_budget` seconds at processing's recent cost, or
+        `long_turn_budget` once a stream has kept processing behind for `long_turn_after`: near capacity,
+        short turns never catch up (each transaction's fixed cost — a dozen statements, the commit's page
+        writes — is paid per turn), the backlog grows and deliveries wait seconds; three times longer turns
+        cost the ACKs ~40 ms at p99 and keep up (docs/benchmarks.md, tenth session). Not in a burst: its
+        probe turns stay short, its ACKs are its throughput."""
+        budget = self._turn_budget
+        if self._behind_since is not None and not self._burst() \
+                and time.monotonic() - self._behind_since > self._long_turn_after:
+            budget = self._long_turn_budget
+        return max(1, min(self._process_batch, int(budget / self._seconds_per_message)))
 
     def _took(self, seconds: float, before: int, last: int | None) -> None:
         """Learn processing's cost per message from slices large enough for the transaction's fixed
