@@ -1,14 +1,16 @@
-"""End-to-end delivery throughput: ADT in over MLLP, through processing and routing, out over MLLP
-to a local receiver that ACKs at once; messages/s fully delivered and latency from the inbound ACK
-to the outbound message's arrival.
+"""End-to-end delivery throughput: ADT and ORU in over MLLP, through processing, matching and routing,
+out over MLLP to a local receiver that ACKs at once; messages/s fully delivered and latency from the
+inbound ACK to the outbound message's arrival.
 
-    python bench/delivery_throughput.py                 # 5000 ADT^A08, 8 connections, hub on SQLite, embedded delivery
+    python bench/delivery_throughput.py                 # 5000 messages, ADT^A08 and ORU^R01 alternately, 8 connections, SQLite, embedded delivery
     python bench/delivery_throughput.py --db postgres   # hub on PostgreSQL (database created and dropped)
+    python bench/delivery_throughput.py --adt-only      # every message an ADT^A08 (the workload of the sessions before the tenth)
 
-The hub runs as `python -m hub serve` with a routes file sending every ADT to one MLLP destination
-(the built-in `ehr` profile); the receiver is a subprocess (`receiver` mode of this script). Every
-message is for its own fictional patient (MRN `BM` + 8 digits), which is how an outbound message is
-matched to its inbound ACK. Loopback only; temp files and databases are removed afterwards.
+The hub runs as `python -m hub serve` with the issue's routes (ADT and ORU to one MLLP destination with
+the built-in `ehr` profile: one destination each); the receiver is a subprocess (`receiver` mode of this
+script). Patient n gets an ADT^A08 and an ORU^R01 (a basic metabolic panel, five results) under its own
+fictional MRN (`BM` + 8 digits): the MRN and the message type are how an outbound message is matched to
+its inbound ACK. Loopback only; temp files and databases are removed afterwards.
 """
 
 from __future__ import annotations
@@ -62,6 +64,38 @@ def adt(n: int) -> bytes:
     ).encode()
 
 
+PANEL = [("2951-2", "Sodium", "mmol/L", "136-145", 134, 146), ("2823-3", "Potassium", "mmol/L", "3.5-5.1", 3.4, 5.2),
+         ("2075-0", "Chloride", "mmol/L", "98-107", 97, 108), ("2160-0", "Creatinine", "mg/dL", "0.6-1.2", 0.5, 1.3),
+         ("2345-7", "Glucose", "mg/dL", "70-99", 65, 140)]
+
+
+def oru(n: int) -> bytes:
+    """ORU^R01 for invented patient n (the same PID as `adt(n)`): a basic metabolic panel, five numeric OBX."""
+    pid = adt(n).split(b"\r")[2].decode()
+    results = ""
+    for i, (code, name, unit, reference, low, high) in enumerate(PANEL, start=1):
+        value = round(low + (high - low) * ((n * 7 + i) % 10) / 10, 1)
+        below, above = (float(x) for x in reference.split("-"))
+        flag = "L" if value < below else "H" if value > above else "N"
+        results += f"OBX|{i}|NM|{code}^{name}^LN||{value:.1f}|{unit}^{unit}^UCUM|{reference}|{flag}|||F\r"
+    return (
+        f"MSH|^~\\&|LABSYS|NORTHWIND|HUB|HUB|20240101130000||ORU^R01^ORU_R01|BL{n:08d}|P|2.5.1\r"
+        f"{pid}\r"
+        f"ORC|RE|ORD{n:08d}^EHR|LAB{n:08d}^LABSYS\r"
+        f"OBR|1|ORD{n:08d}^EHR|LAB{n:08d}^LABSYS|80048^Basic metabolic panel^CPT|||20240101080000|||||||||||||||20240101125500|||F\r"
+        f"{results}"
+    ).encode()
+
+
+def message(i: int, adt_only: bool) -> tuple[str, bytes]:
+    """Message i of a run and the key its delivery is known by (message type and MRN): patient i // 2's
+    ADT^A08 then ORU^R01, or patient i's ADT^A08 alone."""
+    if adt_only:
+        return f"ADT BM{i:08d}", adt(i)
+    n = i // 2
+    return (f"ADT BM{n:08d}", adt(n)) if i % 2 == 0 else (f"ORU BM{n:08d}", oru(n))
+
+
 # --- the receiver (a subprocess) ---------------------------------------------------------------
 
 
@@ -76,8 +110,10 @@ async def receive(port: int, out: Path) -> None:
                 while (end := buffer.find(END)) != -1:
                     payload, buffer = buffer[buffer.find(VT) + 1 : end], buffer[end + 2 :]
                     found = MRN.search(payload)
-                    arrivals.append((found.group().decode() if found else "?", time.time()))
-                    control = payload.split(b"\r", 1)[0].split(b"|")[9]
+                    header = payload.split(b"\r", 1)[0].split(b"|")
+                    kind = header[8][:3].decode()
+                    arrivals.append((f"{kind} {found.group().decode()}" if found else "?", time.time()))
+                    control = header[9]
                     writer.write(VT + b"MSH|^~\\&|R|R|HUB|HUB|20240101||ACK|A|P|2.5.1\rMSA|AA|" + control + b"\r" + END)
         writer.close()
 
@@ -96,7 +132,7 @@ async def receive(port: int, out: Path) -> None:
 
 
 async def send(
-    port: int, total: int, connections: int, rate: float | None = None
+    port: int, total: int, connections: int, rate: float | None = None, adt_only: bool = False
 ) -> tuple[dict[str, float], list[float]]:
     """Each connection sends a message and waits for its ACK; with `rate`, the whole sender is paced
     to that many messages/s (a steady feed rather than a burst). Returns when each message was ACKed and
@@ -113,14 +149,15 @@ async def send(
             n = queue.pop()
             if rate:
                 await asyncio.sleep(max(0.0, begin + (total - len(queue)) / rate - time.monotonic()))
+            key, payload = message(n, adt_only)
             sent = time.monotonic()
-            writer.write(VT + adt(n) + END)
+            writer.write(VT + payload + END)
             await writer.drain()
             while END not in buffer:
                 buffer += await reader.read(65536)
             ack, buffer = buffer[: buffer.find(END)], buffer[buffer.find(END) + 2 :]
             assert b"MSA|AA" in ack, ack
-            acked[f"BM{n:08d}"] = time.time()
+            acked[key] = time.time()
             ack_ms.append((time.monotonic() - sent) * 1000)
         writer.close()
 
@@ -161,7 +198,7 @@ class _Progress(threading.Thread):
 
 def run(
     total: int, connections: int, db: str, verbose: bool = False, rate: float | None = None, redis: str | None = None,
-    workers: int = 2, idle_poll_ms: int | None = None,
+    workers: int = 2, idle_poll_ms: int | None = None, adt_only: bool = False,
 ) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="hub-delivery-bench-"))
     receiver_port, http_port, mllp_port = free_port(), free_port(), free_port()
@@ -170,6 +207,7 @@ def run(
         "destinations:\n"
         f"  ehr: {{transport: mllp, host: 127.0.0.1, port: {receiver_port}, profile: ehr, version: \"2.5.1\"}}\n"
         "routes:\n  - {name: adt-to-ehr, when: {message_type: ADT}, to: [ehr]}\n"
+        "  - {name: results-to-ehr, when: {message_type: ORU}, to: [ehr]}\n"
     )
     database_url, dropper = _database(db, work)
     env = dict(os.environ, HUB_DATA_DIR=str(work), HUB_DATABASE_URL=database_url, HUB_ROUTES=str(routes),
@@ -193,7 +231,7 @@ def run(
         started = time.time()
         progress = _Progress(f"http://127.0.0.1:{http_port}", arrivals_file.with_suffix(".count"), started, verbose)
         progress.start()
-        acked, ack_ms = asyncio.run(send(mllp_port, total, connections, rate))
+        acked, ack_ms = asyncio.run(send(mllp_port, total, connections, rate, adt_only))
         accepted = time.time()
         count_file = arrivals_file.with_suffix(".count")
         deadline = time.monotonic() + 600
@@ -223,7 +261,7 @@ def run(
     delivered = max(arrivals.values())
     latencies = sorted((arrivals[k] - acked[k]) * 1000 for k in acked if k in arrivals)
     return {
-        "messages": total, "connections": connections, "db": db, "rate": rate,
+        "messages": total, "workload": "ADT^A08" if adt_only else "ADT^A08 and ORU^R01", "connections": connections, "db": db, "rate": rate,
         "mode": f"redis, {workers} worker processes x 4 threads" if redis else "embedded", "delivered": len(arrivals),
         "accepted_per_s": round(total / (accepted - started)),
         "delivered_per_s": round(len(arrivals) / (delivered - started)),
@@ -315,13 +353,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker processes with --redis")
     parser.add_argument("--idle-poll-ms", type=int, help="`hub worker --idle-poll-ms` (default: hub worker's)")
     parser.add_argument("--engine-only", action="store_true", help="the delivery engine alone, on a preloaded outbox")
+    parser.add_argument("--adt-only", action="store_true", help="every message an ADT^A08 (no ORU^R01)")
     parser.add_argument("--rate", type=float, help="pace the sender to this many messages/s (default: as fast as ACKs come)")
     args = parser.parse_args()
     if args.engine_only:
         print(json.dumps(engine_only(args.n, args.db), indent=2))
         return
     print(json.dumps(run(args.n, args.connections, args.db, args.progress, args.rate, args.redis, args.workers,
-                         args.idle_poll_ms), indent=2))
+                         args.idle_poll_ms, args.adt_only), indent=2))
 
 
 if __name__ == "__main__":
