@@ -143,8 +143,8 @@ class Model:
         with the index, its namesakes do: every birth date and name key names a number of strangers
         proportional to the records held, so the prior odds fall by log2(records / prior_population) bits.
         A pair that links among 5,000 persons on given name, surname and birth date alone is one of
-        several people among 400,000 (docs/benchmarks.md, ninth session). Quarter-bit steps, never a
-        rise above the trained prior: a small index keeps the model as trained."""
+        several people among 400,000 (docs/benchmarks.md, eighth to tenth sessions). Quarter-bit steps,
+        never a rise above the trained prior: a small index keeps the model as trained."""
         if not self.prior_population or records <= self.prior_population:
             return self
         shift = math.floor(4 * math.log2(records / self.prior_population)) / 4
