@@ -17,7 +17,7 @@ from hub.store.engine import make_engine
 from hub.store.migrate import upgrade
 from hub.store.tables import metadata
 from hub.store.uow import UnitOfWork
-from tests.conftest import BACKENDS, create_postgres_database, drop_postgres_database
+from tests.conftest import BACKENDS, fresh_database
 
 ROWS = {
     "record_index": ("record_id, param, value, kind", "('0190a0f0-0000-7000-8000-000000000001', 'family', 'quillfeather', 'patient')"),
@@ -54,14 +54,8 @@ def test_sqlite_keeps_the_small_keyed_tables_without_rowid_and_their_rows(tmp_pa
 
 @pytest.fixture(params=BACKENDS)
 def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'hub.db'}"
-        return
-    url = create_postgres_database()
-    try:
+    with fresh_database(request.param, tmp_path) as url:
         yield url
-    finally:
-        drop_postgres_database(url)
 
 
 def test_the_count_of_linked_records_starts_from_the_links_already_stored(empty_url: str) -> None:
