@@ -1,7 +1,11 @@
 """The online decision: one incoming record against the candidate persons blocking found.
 
 A person is the set of its source records; the record is compared with each of them and the
-person's score is its best pair (the record that looks most like the incoming one). Two persons
+person's score is its best pair (the record that looks most like the incoming one). When that pair is
+held back by a guard, another of the person's records that shares the incoming record's national id or
+e-mail and links without a guard speaks for the person (`confirms_identity`): WILL with his national id
+at a new address is WILLIAM whose other record had that id, even though his record at the new address
+has none to tell him from a twin. Two persons
 both above the link threshold is itself a reason for review: auto-linking would pick one of two
 plausible people by a margin the model cannot vouch for (or the two are one person, a merge that
 a human should confirm).
@@ -14,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hub.mpi.compare import Features
-from hub.mpi.model import Explanation, Model, TermFrequencies
+from hub.mpi.model import Explanation, Model, TermFrequencies, confirms_identity
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,10 @@ def decide(
     for weight, person_id, other, comparison in ranked:
         if weight < floor and best:
             break
-        best.append((person_id, model.score_features(record, other, tf, comparison)))
+        explanation = model.score_features(record, other, tf, comparison)
+        if explanation.guards and explanation.weight >= model.link_weight:
+            explanation = _confirmed(model, record, candidates[person_id], tf) or explanation
+        best.append((person_id, explanation))
     plausible = [(p, e) for p, e in best if e.band != "new"]
     if not plausible:
         return Decision(
@@ -71,6 +78,12 @@ def decide(
             reason="several persons above the link threshold",
         )
     return Decision(top.band, top_id, top, rest, reason=",".join(top.guards))
+
+
+def _confirmed(model: Model, record: Features, records: Sequence[Features], tf: TermFrequencies | None) -> Explanation | None:
+    """The person's best pair that confirms the identity (see the module's docstring), if any."""
+    confirming = [e for e in (model.score_features(record, other, tf) for other in records) if confirms_identity(e)]
+    return max(confirming, key=lambda e: e.weight, default=None)
 
 
 def format_explanation(e: Explanation) -> str:

@@ -319,6 +319,13 @@ _IDENTITY = {
 }
 
 
+def confirms_identity(e: Explanation) -> bool:
+    """The pair links without a guard and shares something personal: the national id or the e-mail."""
+    return e.band == "link" and any(
+        f.field in ("national_id", "email") and f.level in _IDENTITY[f.field] for f in e.fields
+    )
+
+
 _CONFIRMING = {
     "national_id": _IDENTITY["national_id"],
     "email": _IDENTITY["email"],
@@ -333,8 +340,9 @@ def hard_negative_guards(a: Features, b: Features, levels: dict[str, str]) -> li
     """Reasons this pair must not be auto-linked, whatever its weight.
 
     - twin: given names that are neither equal, typo-close, nicknames nor initials of each other
-      with (nearly) the same birth date, or different multiple-birth orders; or typo-close given
-      names with the same birth date and no national id or e-mail agreeing; or, when either record
+      with (nearly) the same birth date, or different multiple-birth orders; or typo-close or nickname
+      given names (TERESA and THERESA, ELIZABETH and LISA) with the same birth date and no national id or
+      e-mail agreeing; or, when either record
       says it is one of a multiple birth, any given name but the same one (nicknames included) with
       no national id or e-mail agreeing;
     - generation: different Jr/Sr/II/III, or birth years 20 or more apart (parent and child);
@@ -365,13 +373,13 @@ def hard_negative_guards(a: Features, b: Features, levels: dict[str, str]) -> li
     ):
         guards.append("twin")
     elif (
-        levels["given"] == "jw92"
+        levels["given"] in ("jw92", "nickname")
         and levels["birth_date"] == "exact"
         and levels["national_id"] not in _IDENTITY["national_id"]
         and levels["email"] != "exact"
     ):
-        # TERESA and THERESA born the same day: a typo or twins, and nothing personal
-        # (national id, e-mail) to tell which
+        # TERESA and THERESA, or ELIZABETH and LISA, born the same day: a typo, a nickname or twins,
+        # and nothing personal (national id, e-mail) to tell which
         guards.append("twin")
     elif (
         (a.multiple_birth or b.multiple_birth)

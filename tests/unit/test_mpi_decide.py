@@ -29,6 +29,20 @@ def test_two_persons_above_the_link_threshold_go_to_review():
     assert d.band == "review" and d.others
 
 
+def test_a_record_of_the_person_that_shares_the_national_id_speaks_for_it():
+    """WILL, with his national id, at the address of WILLIAM's second record (which has no id): that
+    record alone looks like his twin (a nickname, the same birth date, nothing personal to tell them
+    apart); WILLIAM's first record has his national id, so the person is his. Without the id: review."""
+    model = load_model()
+    moved = {"line": "88 Harbor Way", "postal": "61761", "phone": "212-555-0177"}
+    person = [features(pt("William", "Marrowfield", "1972-03-14", nid="900-11-0001", **HOME)),
+              features(pt("William", "Marrowfield", "1972-03-14", **moved))]
+    d = decide(model, features(pt("Will", "Marrowfield", "1972-03-14", nid="900-11-0001", **moved)), {"p1": person})
+    assert (d.band, d.person_id, d.explanation.guards) == ("link", "p1", [])
+    alone = decide(model, features(pt("Will", "Marrowfield", "1972-03-14", **moved)), {"p1": person})
+    assert alone.band == "review" and "twin" in alone.explanation.guards
+
+
 def test_no_candidates_is_a_new_person():
     d = decide(load_model(), features(pt()), {})
     assert d.band == "new" and d.person_id is None
