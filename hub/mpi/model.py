@@ -319,11 +319,14 @@ _IDENTITY = {
 }
 
 
+def _shares_personal(levels: dict[str, str]) -> bool:
+    """The national id or the e-mail agrees: what twins, namesakes and relatives do not share."""
+    return levels.get("national_id") in _IDENTITY["national_id"] or levels.get("email") in _IDENTITY["email"]
+
+
 def confirms_identity(e: Explanation) -> bool:
-    """The pair links without a guard and shares something personal: the national id or the e-mail."""
-    return e.band == "link" and any(
-        f.field in ("national_id", "email") and f.level in _IDENTITY[f.field] for f in e.fields
-    )
+    """The pair links without a guard and shares the national id or the e-mail (`decide`)."""
+    return e.band == "link" and _shares_personal({f.field: f.level for f in e.fields})
 
 
 _CONFIRMING = {
@@ -341,10 +344,9 @@ def hard_negative_guards(a: Features, b: Features, levels: dict[str, str]) -> li
 
     - twin: given names that are neither equal, typo-close, nicknames nor initials of each other
       with (nearly) the same birth date, or different multiple-birth orders; or typo-close or nickname
-      given names (TERESA and THERESA, ELIZABETH and LISA) with the same birth date and no national id or
-      e-mail agreeing; or, when either record
-      says it is one of a multiple birth, any given name but the same one (nicknames included) with
-      no national id or e-mail agreeing;
+      given names (TERESA and THERESA, ELIZABETH and LISA) with the same birth date and no national id
+      or e-mail agreeing; or, when either record says it is one of a multiple birth, any given name but
+      the same one (nicknames included) with no national id or e-mail agreeing;
     - generation: different Jr/Sr/II/III, or birth years 20 or more apart (parent and child);
     - spouse: same surname and address or phone, different given name and birth date;
     - given_mismatch: any other pair whose given names clearly differ (siblings, relatives);
@@ -372,12 +374,7 @@ def hard_negative_guards(a: Features, b: Features, levels: dict[str, str]) -> li
         and a.multiple_birth != b.multiple_birth
     ):
         guards.append("twin")
-    elif (
-        levels["given"] in ("jw92", "nickname")
-        and levels["birth_date"] == "exact"
-        and levels["national_id"] not in _IDENTITY["national_id"]
-        and levels["email"] != "exact"
-    ):
+    elif levels["given"] in ("jw92", "nickname") and levels["birth_date"] == "exact" and not _shares_personal(levels):
         # TERESA and THERESA, or ELIZABETH and LISA, born the same day: a typo, a nickname or twins,
         # and nothing personal (national id, e-mail) to tell which
         guards.append("twin")
@@ -385,8 +382,7 @@ def hard_negative_guards(a: Features, b: Features, levels: dict[str, str]) -> li
         (a.multiple_birth or b.multiple_birth)
         and levels["given"] != "exact"
         and levels["birth_date"] in _DOB_CLOSE
-        and levels["national_id"] not in _IDENTITY["national_id"]
-        and levels["email"] != "exact"
+        and not _shares_personal(levels)
     ):
         # a record that says it is one of a multiple birth: its twin shares everything but the given
         # name, so a nickname (LAWRENCE and LARRY) or a typo-close one is the twin as likely as a variant
