@@ -10,6 +10,7 @@ levels, not the weight: however high the weight, such a pair goes to review, nev
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import asdict, dataclass, field, replace
@@ -179,6 +180,7 @@ class Model:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """The model file's content, a copy: changing it leaves this model (shared by every decision) as it was."""
         data: dict[str, Any] = {
             "format": "hub-mpi-fellegi-sunter/1",
             "version": self.version,
@@ -199,7 +201,7 @@ class Model:
                 "tables": self.term_frequencies.tables,
                 "floor": self.term_frequencies.floor,
             }
-        return data
+        return copy.deepcopy(data)
 
     def save(self, path: Path) -> None:
         path.write_text(
