@@ -3,7 +3,7 @@
 A person is the set of its source records; the record is compared with each of them and the
 person's score is its best pair (the record that looks most like the incoming one). When that pair is
 held back by a guard, another of the person's records that shares the incoming record's national id or
-e-mail and links without a guard speaks for the person (`confirms_identity`): WILL with his national id
+e-mail and links without a guard speaks for the person (`_confirmed`): WILL with his national id
 at a new address is WILLIAM whose other record had that id, even though his record at the new address
 has none to tell him from a twin. Two persons
 both above the link threshold is itself a reason for review: auto-linking would pick one of two
@@ -15,10 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from hub.mpi.compare import Features
-from hub.mpi.model import Explanation, Model, TermFrequencies, confirms_identity
+from hub.mpi.model import Explanation, Model, Scored, TermFrequencies, shares_personal
 
 
 @dataclass(frozen=True)
@@ -41,23 +40,24 @@ def decide(
     # the same best pair per person (the first of equal weights) and the same order as explaining
     # every pair, at a fraction of the cost. Below the review threshold a pair's band is "new"
     # whatever its guards, so only the overall best of those is explained.
-    ranked: list[tuple[float, str, Features, Any]] = []
+    ranked: list[tuple[float, str, int, list[Scored]]] = []
     for person_id, records in candidates.items():
         if not records:
             continue
         scored = [model.compared(record, other, tf) for other in records]
         weights = [w for w, _ in scored]
         at = weights.index(max(weights))
-        ranked.append((weights[at], person_id, records[at], scored[at][1]))
+        ranked.append((weights[at], person_id, at, scored))
     ranked.sort(key=lambda wpf: -wpf[0])
     best: list[tuple[str, Explanation]] = []
     floor = min(model.review_weight, model.link_weight)
-    for weight, person_id, other, comparison in ranked:
+    for weight, person_id, at, scored in ranked:
         if weight < floor and best:
             break
-        explanation = model.score_features(record, other, tf, comparison)
+        records = candidates[person_id]
+        explanation = model.score_features(record, records[at], tf, scored[at][1])
         if explanation.guards and explanation.weight >= model.link_weight:
-            explanation = _confirmed(model, record, candidates[person_id], tf) or explanation
+            explanation = _confirmed(model, record, records, scored, tf) or explanation
         best.append((person_id, explanation))
     plausible = [(p, e) for p, e in best if e.band != "new"]
     if not plausible:
@@ -80,10 +80,17 @@ def decide(
     return Decision(top.band, top_id, top, rest, reason=",".join(top.guards))
 
 
-def _confirmed(model: Model, record: Features, records: Sequence[Features], tf: TermFrequencies | None) -> Explanation | None:
-    """The person's best pair that confirms the identity (see the module's docstring), if any."""
-    confirming = [e for e in (model.score_features(record, other, tf) for other in records) if confirms_identity(e)]
-    return max(confirming, key=lambda e: e.weight, default=None)
+def _confirmed(
+    model: Model, record: Features, records: Sequence[Features], scored: Sequence[Scored], tf: TermFrequencies | None,
+) -> Explanation | None:
+    """The person's best pair that links without a guard and shares the national id or e-mail (see the
+    module's docstring), if any: only pairs above the link threshold that share one are explained."""
+    confirming = [
+        model.score_features(record, other, tf, comparison)
+        for other, (weight, comparison) in zip(records, scored, strict=True)
+        if weight >= model.link_weight and shares_personal(comparison[0])
+    ]
+    return max((e for e in confirming if e.band == "link"), key=lambda e: e.weight, default=None)
 
 
 def format_explanation(e: Explanation) -> str:

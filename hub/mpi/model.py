@@ -107,6 +107,10 @@ class TermFrequencies:
         return table.get(value, self.floor)
 
 
+Scored = tuple[float, tuple[dict[str, str], bool]]
+"""A pair's weight and the comparison behind it (`Model.compared`): `score_features` explains it as is."""
+
+
 @dataclass
 class Model:
     version: str
@@ -266,7 +270,7 @@ class Model:
 
     def compared(
         self, a: Features, b: Features, tf: TermFrequencies | None = None,
-    ) -> tuple[float, tuple[dict[str, str], bool]]:
+    ) -> Scored:
         """(weight, the comparison behind it): `score_features(a, b, tf, comparison)` explains it without
         comparing the pair again."""
         comparison = compare_pair(a, b)
@@ -321,14 +325,9 @@ _IDENTITY = {
 }
 
 
-def _shares_personal(levels: dict[str, str]) -> bool:
+def shares_personal(levels: dict[str, str]) -> bool:
     """The national id or the e-mail agrees: what twins, namesakes and relatives do not share."""
-    return levels.get("national_id") in _IDENTITY["national_id"] or levels.get("email") in _IDENTITY["email"]
-
-
-def confirms_identity(e: Explanation) -> bool:
-    """The pair links without a guard and shares the national id or the e-mail (`decide`)."""
-    return e.band == "link" and _shares_personal({f.field: f.level for f in e.fields})
+    return levels["national_id"] in _IDENTITY["national_id"] or levels["email"] in _IDENTITY["email"]
 
 
 _CONFIRMING = {
@@ -376,7 +375,7 @@ def hard_negative_guards(a: Features, b: Features, levels: dict[str, str]) -> li
         and a.multiple_birth != b.multiple_birth
     ):
         guards.append("twin")
-    elif levels["given"] in ("jw92", "nickname") and levels["birth_date"] == "exact" and not _shares_personal(levels):
+    elif levels["given"] in ("jw92", "nickname") and levels["birth_date"] == "exact" and not shares_personal(levels):
         # TERESA and THERESA, or ELIZABETH and LISA, born the same day: a typo, a nickname or twins,
         # and nothing personal (national id, e-mail) to tell which
         guards.append("twin")
@@ -384,7 +383,7 @@ def hard_negative_guards(a: Features, b: Features, levels: dict[str, str]) -> li
         (a.multiple_birth or b.multiple_birth)
         and levels["given"] != "exact"
         and levels["birth_date"] in _DOB_CLOSE
-        and not _shares_personal(levels)
+        and not shares_personal(levels)
     ):
         # a record that says it is one of a multiple birth: its twin shares everything but the given
         # name, so a nickname (LAWRENCE and LARRY) or a typo-close one is the twin as likely as a variant
