@@ -329,7 +329,8 @@ def main() -> None:
         model = trained
 
     # scored as an index holding all these records would score them (the prior follows the index's size)
-    model = model.at_population(len(feats) if args.population is None else args.population)
+    population = len(feats) if args.population is None else args.population
+    model = model.at_population(population)
     tf = TermFrequencies.from_features(feats)
     ordered = sorted(pairs)
     t0 = time.perf_counter()
@@ -427,7 +428,7 @@ def main() -> None:
         f"- date: {now}; machine: nproc {os.cpu_count()}, Python {platform.python_version()}, {platform.system()} {platform.machine()}; repo revision {rev} (uncommitted working tree)",
         (
             f"- command: `python bench/mpi_quality.py --persons {args.persons} --seed {args.seed}`; model `{model.version}` "
-            f"(trained on: {model.trained_on.get('source', '?')}); thresholds: auto-link ≥ {model.link_weight} bits, review ≥ {model.review_weight} bits; prior lowered by {model.population_shift:g} bits for an index of {len(feats) if args.population is None else args.population} records"
+            f"(trained on: {model.trained_on.get('source', '?')}); thresholds: auto-link ≥ {model.link_weight} bits, review ≥ {model.review_weight} bits; prior lowered by {model.population_shift:g} bits for an index of {population} records"
         ),
         f"- data: {len(data.persons)} persons, {len(data.records)} records over {len(FEEDS)} feeds ({', '.join(FEEDS)}), {len(truth)} true pairs; "
         f"households: {', '.join(f'{k} {v:.0%}' for k, v in HOUSEHOLDS.items())}; hard-negative person pairs: "

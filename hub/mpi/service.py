@@ -93,6 +93,12 @@ def current_model() -> Model:
     return _model or load_model()
 
 
+def model_for_index(uow: UnitOfWork) -> Model:
+    """`current_model` at the size of the index as it stands (`Model.at_population`): what a record
+    arriving now would be decided with ($match, `explain`)."""
+    return current_model().at_population(uow.mpi.population())
+
+
 def use_model(model: Model | None) -> None:
     """Replace the model used online (tests, `hub mpi rematch --model`); None: the shipped default."""
     global _model
@@ -142,7 +148,9 @@ def explanation_dict(e: Explanation) -> dict[str, Any]:
                    for f in e.fields],
         "guards": list(e.guards), "names_swapped": e.names_swapped, "model_version": e.model_version,
     }
-    return compact | {"population_shift": e.population_shift} if e.population_shift else compact
+    if e.population_shift:  # only then: most indexes keep the model as trained
+        compact["population_shift"] = e.population_shift
+    return compact
 
 
 def event_detail(detail: Any) -> Any:
@@ -209,7 +217,7 @@ def enterprise_ids(uow: UnitOfWork, record_ids: Collection[str]) -> dict[str, tu
 def match_candidates(uow: UnitOfWork, patient: Patient, limit: int = 10) -> list[tuple[str, Explanation]]:
     """Persons that `patient` (not stored) may be, best first, each with its best pair's explanation:
     blocking and scoring exactly as processing would decide, without linking anything (FHIR `$match`)."""
-    model = current_model().at_population(uow.mpi.population())
+    model = model_for_index(uow)
     f = features(patient)
     keys = blocking_keys(f)
     frequent = {k for k, n in uow.mpi.key_counts(keys).items() if n >= MAX_KEY_RECORDS}

@@ -15,7 +15,7 @@ from typing import Any
 from hub.delivery.link_changes import notify_link_change
 from hub.model import Patient
 from hub.mpi.model import Explanation
-from hub.mpi.service import MpiError, _Batch, current_model, event_detail, link_patients
+from hub.mpi.service import MpiError, _Batch, current_model, event_detail, link_patients, model_for_index
 from hub.store.uow import RecordRow, UnitOfWork, utcnow
 
 PROCESSING_LOCK = "hub.pipeline.process"  # the same lock as hub.pipeline's writer
@@ -189,8 +189,7 @@ def history(uow: UnitOfWork, record: str) -> list[dict[str, Any]]:
 def explain(uow: UnitOfWork, a: str, b: str) -> Explanation:
     """Why two records match or not, field by field (levels and weights, no values)."""
     first, second = _patient(uow, a), _patient(uow, b)
-    model = current_model().at_population(uow.mpi.population())
-    return model.score(Patient.model_validate(first.data), Patient.model_validate(second.data))
+    return model_for_index(uow).score(Patient.model_validate(first.data), Patient.model_validate(second.data))
 
 
 def export_rows(uow: UnitOfWork) -> Iterator[tuple[str, str, str]]:
