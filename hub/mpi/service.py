@@ -335,7 +335,6 @@ class _Batch:
             return
         ids = [r.id for r in rows]
         mpi = self.uow.mpi
-        self.population = mpi.population()
         if len(rows) >= BULK_ROWS:
             mpi.plain_plans()
         maybe_linked = [i for i in ids if i not in new]
@@ -361,7 +360,7 @@ class _Batch:
         frequent, large_keys = _frequent_keys.setdefault(url, set()), _large_keys.setdefault(url, set())
         self.frequent = all_keys & frequent
         large = (all_keys - self.frequent) & large_keys
-        self.candidates, self.waiting_merges, self.sizes = mpi.candidates_and_pending_merges(
+        self.candidates, self.waiting_merges, self.sizes, self.population = mpi.candidates_and_pending_merges(
             all_keys - self.frequent - large, {(r.source_system, r.source_value) for r in rows}, large,
         )  # merges are applied after linking; reading them now saves PostgreSQL a round trip
         shrunk = {key for key in large if self.sizes.get(key, 0) < LARGE_BLOCK}  # records left it: read it whole

@@ -243,7 +243,7 @@ _CANDIDATES_PG_SQL = (
 """PostgreSQL: the same rows (a key without link or record is dropped after), written so that only index
 look-ups can answer it: with statistics that lag a bulk load the join above became hash joins over every
 link and record, for every batch (130 ms a batch at 100,000 records, growing with them)."""
-_POPULATION_SQL = "SELECT value FROM mpi_counters WHERE name = 'records'"
+_POPULATION_SQL = "SELECT value FROM mpi_counters WHERE name {ids}"  # with ["records"]
 _ADD_TO_POPULATION_SQL = (
     "INSERT INTO mpi_counters (name, value) VALUES ('records', {p}) ON CONFLICT (name)"
     " DO UPDATE SET value = mpi_counters.value + excluded.value"
@@ -292,6 +292,10 @@ def _fetch_together(conn: Connection, queries: Sequence[tuple[str, list[str]]]) 
             cursor.close()
 
 
+def _population(rows: Sequence[tuple[Any, ...]]) -> int:
+    return int(rows[0][0]) if rows else 0
+
+
 def _chunks(values: Collection[str]) -> Iterator[list[str]]:
     values = list(values)
     for start in range(0, len(values), _CHUNK):
@@ -324,18 +328,18 @@ class MpiRepository:
 
     def candidates_and_pending_merges(
         self, wanted: Collection[str], sources: Collection[tuple[str, str]], sizes_of: Collection[str] = (),
-    ) -> tuple[dict[str, list[Candidate]], dict[tuple[str, str], tuple[int, str]], dict[str, int]]:
+    ) -> tuple[dict[str, list[Candidate]], dict[tuple[str, str], tuple[int, str]], dict[str, int], int]:
         """`candidates(wanted)`, the merges waiting for these source records ((system, value) → (pending
-        merge id, survivor record id), for `take_pending_merges`) and how many records the `sizes_of` keys
-        name (large blocks, not read: an index-only count) — on PostgreSQL in one round trip: the match
-        step needs all three for every batch, online for every record."""
+        merge id, survivor record id), for `take_pending_merges`), how many records the `sizes_of` keys
+        name (large blocks, not read: an index-only count) and the index's size (`population`) — on
+        PostgreSQL in one round trip: the match step needs all four for every batch, online for every record."""
         key_chunks, value_chunks = list(_chunks(wanted)), list(_chunks({value for _, value in sources}))
         size_chunks = list(_chunks(sizes_of))
         candidates_sql = _CANDIDATES_PG_SQL if self.conn.dialect.name == "postgresql" else _CANDIDATES_SQL
         results = _fetch_together(
             self.conn,
             [(candidates_sql, c) for c in key_chunks] + [(_PENDING_SQL, c) for c in value_chunks]
-            + [(_KEY_SIZES_SQL, c) for c in size_chunks],
+            + [(_KEY_SIZES_SQL, c) for c in size_chunks] + [(_POPULATION_SQL, ["records"])],
         )
         found: dict[str, list[Candidate]] = {}
         for rows in results[: len(key_chunks)]:
@@ -343,8 +347,8 @@ class MpiRepository:
                 if person_id is not None and version is not None:  # as the join: linked records only
                     found.setdefault(key, []).append(Candidate(record_id, person_id, version))
         waiting = _waiting(results[len(key_chunks) : len(key_chunks) + len(value_chunks)], sources)
-        sizes = {key: int(n) for rows in results[len(key_chunks) + len(value_chunks) :] for key, n in rows}
-        return found, waiting, sizes
+        sizes = {key: int(n) for rows in results[len(key_chunks) + len(value_chunks) : -1] for key, n in rows}
+        return found, waiting, sizes, _population(results[-1])
 
     def plain_plans(self) -> None:
         """PostgreSQL, for this transaction: no JIT compilation, no parallel workers. A large batch's
@@ -414,8 +418,7 @@ class MpiRepository:
 
     def population(self) -> int:
         """Source records linked (kept by `write_links`)."""
-        rows = fetch(self.conn, _POPULATION_SQL, ())
-        return int(rows[0][0]) if rows else 0
+        return _population(fetch_in(self.conn, _POPULATION_SQL, ["records"]))
 
     def members(self, person_ids: Collection[str]) -> dict[str, list[Member]]:
         """Person → its source records (current data), for survivorship and the API."""

@@ -68,11 +68,12 @@ def test_candidates_and_pending_merges_in_one_read(db: Engine) -> None:
         uow.mpi.add_pending_merge("urn:oid:2.999.2", value, record, None, AT)  # same value, another system
         uow.commit()
     with UnitOfWork(db) as uow:
-        candidates, waiting, sizes = uow.mpi.candidates_and_pending_merges(
+        candidates, waiting, sizes, population = uow.mpi.candidates_and_pending_merges(
             [key, unique("nid:")], [("urn:oid:2.999.1", value)], [key, unique("nid:")]
         )
         assert candidates == uow.mpi.candidates([key])
         assert sizes == {key: 1}  # a key naming no record is left out
+        assert population == uow.mpi.population() >= 1  # read in the same round trip
         assert [c.record_id for c in candidates[key]] == [record]
         assert list(waiting) == [("urn:oid:2.999.1", value)]
         assert uow.mpi.take_pending_merges(waiting) == {("urn:oid:2.999.1", value): record}
