@@ -32,10 +32,39 @@ POSTGRES_URL = os.environ.get("HUB_TEST_POSTGRES_URL", "postgresql+psycopg://pos
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
+def _ports_below_ephemeral_range() -> Iterator[int]:
+    """Ports a test server can bind later without racing outbound connections.
+
+    A port the kernel hands out for `bind(0)` comes from the ephemeral range, the same range it
+    draws source ports from for every outbound connection (to PostgreSQL, Redis, the hub itself);
+    between choosing such a port and the hub binding it, a client's connection can take it (CI saw
+    "address already in use" this way). Ports below the range are never given to clients.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    floor = max(1024, low - 12000)
+    if low - floor < 1000:  # a host whose ephemeral range starts very low: no port is safe, so be plain
+        floor, low = 20000, 30000
+    start = floor + (os.getpid() * 7919) % (low - floor)  # a different walk for each test process
+    for offset in range(low - floor):
+        yield floor + (start - floor + offset) % (low - floor)
+
+
+_candidate_ports = _ports_below_ephemeral_range()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, never handed out twice in one test run."""
+    for port in _candidate_ports:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def _admin_dsn() -> str:
