@@ -201,6 +201,7 @@ def run(
     workers: int = 2, idle_poll_ms: int | None = None, adt_only: bool = False,
 ) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="hub-delivery-bench-"))
+    stages: dict[str, float] = {}
     receiver_port, http_port, mllp_port = free_port(), free_port(), free_port()
     routes = work / "routes.yaml"
     routes.write_text(
@@ -228,7 +229,7 @@ def run(
                                       cwd=REPO, env=env, stdout=open(work / "worker.log", "wb"), stderr=subprocess.STDOUT,
                                       start_new_session=True)
             time.sleep(3)  # dramatiq boots its processes
-        started = time.time()
+        started, cpu_at_start = time.time(), _tree_cpu([hub.pid] + ([worker.pid] if worker else []))
         progress = _Progress(f"http://127.0.0.1:{http_port}", arrivals_file.with_suffix(".count"), started, verbose)
         progress.start()
         acked, ack_ms = asyncio.run(send(mllp_port, total, connections, rate, adt_only))
@@ -242,6 +243,7 @@ def run(
             time.sleep(0.05)
         progress.stop = True
     finally:
+        hub_cpu = _tree_cpu([hub.pid] + ([worker.pid] if worker else [])) - cpu_at_start
         if worker is not None:
             os.killpg(worker.pid, signal.SIGTERM)
             worker.wait(60)
@@ -249,6 +251,8 @@ def run(
         receiver.send_signal(signal.SIGTERM)
         hub.wait(30)
         receiver.wait(30)
+        with contextlib.suppress(Exception):  # a run that failed early has no rows to time
+            stages = _stages(database_url)
         dropper()
         if redis:
             import redis as redis_client
@@ -269,7 +273,55 @@ def run(
         "latency_ms_p99": round(latencies[int(len(latencies) * 0.99) - 1], 1),
         "ack_ms_p50": round(statistics.median(ack_ms), 1),
         "ack_ms_p99": round(ack_ms[int(len(ack_ms) * 0.99) - 1], 1),
+        "hub_cpu_ms_per_message": round(hub_cpu * 1000 / total, 3),
+        **stages,
     }
+
+
+def _tree_cpu(pids: list[int]) -> float:
+    """CPU seconds used so far by these processes and their descendants (the hub's processing process,
+    dramatiq's worker processes); not PostgreSQL's backends."""
+    total, ticks = 0.0, os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+            children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+            total += _tree_cpu(children)
+    return total
+
+
+def _stages(database_url: str) -> dict[str, float]:
+    """Where the time went, from the hub's own timestamps: stored → outbox row written (waiting for and
+    in processing), and outbox row written → delivered (commit, nudge, the queue, the send and its ACK)."""
+    sys.path.insert(0, str(REPO))
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text(
+                "SELECT m.received_at, o.created_at, o.delivered_at FROM outbox o JOIN messages m ON m.id = o.message_id"
+                " WHERE o.delivered_at IS NOT NULL"
+            )).all()
+    finally:
+        engine.dispose()
+    figures: dict[str, float] = {}
+    for label, first, then in (("stored_to_routed", 0, 1), ("routed_to_delivered", 1, 2)):
+        spans = sorted(_seconds(row[then], row[first]) * 1000 for row in rows)
+        figures[f"{label}_ms_p50"] = round(statistics.median(spans), 1)
+        figures[f"{label}_ms_p99"] = round(spans[int(len(spans) * 0.99) - 1], 1)
+    return figures
+
+
+def _seconds(later: object, earlier: object) -> float:
+    """SQLite returns timestamps as text, PostgreSQL as datetimes."""
+    from datetime import datetime
+
+    def as_datetime(value: object) -> datetime:
+        return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+
+    return (as_datetime(later) - as_datetime(earlier)).total_seconds()
 
 
 def engine_only(total: int, db: str) -> dict[str, object]:
