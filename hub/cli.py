@@ -116,7 +116,8 @@ def import_csv(
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=2575, show_default=True, type=int)
+@click.option("--port", default=2575, show_default=True, type=int, envvar="HUB_MLLP_PORT",
+              help="the hub's MLLP port (HUB_MLLP_PORT, as `hub serve` reads it)")
 @click.option("--timeout", default=30.0, show_default=True, type=float)
 def send(files: tuple[Path, ...], host: str, port: int, timeout: float) -> None:
     """Send HL7 v2 files over MLLP and print each ACK code (MSA-1)."""

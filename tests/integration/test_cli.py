@@ -81,6 +81,16 @@ def test_serve_then_send_over_mllp(served_hub: tuple[str, int], tmp_path: Path) 
     assert result.returncode == 1
 
 
+def test_send_finds_the_hub_by_the_port_serve_reads(served_hub: tuple[str, int], tmp_path: Path) -> None:
+    """`HUB_MLLP_PORT` set for `hub serve` is where `hub send` sends, without `--port`."""
+    _, mllp_port = served_hub
+    path = tmp_path / "good.hl7"
+    path.write_bytes(adt())
+    env = dict(os.environ, HUB_MLLP_PORT=str(mllp_port))
+    result = subprocess.run([*HUB, "send", str(path)], env=env, capture_output=True, text=True, timeout=60)
+    assert result.stdout.splitlines() == ["good.hl7: AA"] and result.returncode == 0
+
+
 def test_serve_is_also_hub_console_script(tmp_path: Path) -> None:
     script = Path(sys.executable).with_name("hub")
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
