@@ -48,7 +48,7 @@ def stored_index_rows(row: RecordRow) -> set[IndexRow]:
     record = MODELS_BY_KIND[row.kind].model_validate(row.data)
     # What the FHIR door adds beside the canonical entries: identifiers, categories.
     extra = from_fhir(row.resource)[1] if row.resource is not None and row.kind != "patient" else []
-    return set(index_rows(row.id, row.kind, record, extra, row.patient_id))
+    return set(index_rows(row.id, row.kind, record, extra))
 
 
 def reindex(engine: Engine, batch_size: int = 1000) -> Counts:

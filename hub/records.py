@@ -231,14 +231,11 @@ IndexRow = tuple[str, str, str, str]
 INDEX_VALUE_MAX = 300
 
 
-def index_rows(
-    record_id: str, kind: str, record: Canonical, extra: Iterable[tuple[str, str]], patient_id: str | None
-) -> list[IndexRow]:
-    """The search-index rows of one record version: its own entries, the extra ones its door adds (a
-    FHIR resource's identifiers and categories) and its patient; values clipped, empty ones dropped.
-    Processing writes these; `hub reindex` rebuilds them the same way."""
+def index_rows(record_id: str, kind: str, record: Canonical, extra: Iterable[tuple[str, str]]) -> list[IndexRow]:
+    """The search-index rows of one record version: its own entries and the extra ones its door adds (a
+    FHIR resource's identifiers and categories); values clipped, empty ones dropped. A record's patient
+    is not among them: reference searches read `records.patient_id` (indexed). Processing writes these;
+    `hub reindex` rebuilds them the same way."""
     entries = set(record_index_entries(record)) | set(extra)
-    if patient_id:
-        entries.add(("patient", patient_id))
     return [(record_id, param, value[:INDEX_VALUE_MAX], kind) for param, value in sorted(entries) if value]
 

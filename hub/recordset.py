@@ -196,7 +196,7 @@ class RecordSet:
             self._updated[row.id] = row
 
     def _reindex(self, row: RecordRow, record: Canonical, extra: Sequence[tuple[str, str]]) -> None:
-        self._index[row.id] = index_rows(row.id, row.kind, record, extra, row.patient_id)
+        self._index[row.id] = index_rows(row.id, row.kind, record, extra)
 
     def clear_changes(self) -> None:
         """After the changes were written: keep the rows (now stored), forget what was pending."""
