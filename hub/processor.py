@@ -174,7 +174,7 @@ def child_main(conn: Connection, settings_values: dict[str, Any]) -> None:
 
 
 def _process_until_parent_leaves(conn: Connection, settings: Any) -> None:
-    from hub.bootstrap import inbound_readers, load_route_table
+    from hub.bootstrap import freeze_startup_objects, inbound_readers, load_route_table
     from hub.delivery.outbox import Routing, RoutingUnitOfWork
     from hub.mpi.service import use_model_file
     from hub.pipeline import process_pending
@@ -193,6 +193,7 @@ def _process_until_parent_leaves(conn: Connection, settings: Any) -> None:
     reported = upto = -1
     more = True
     slices = SliceSize(SQLITE_TURN if turns is not None else POSTGRES_TURN)
+    freeze_startup_objects()
     try:
         while True:
             if not more:
