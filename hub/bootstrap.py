@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import threading
@@ -202,16 +201,6 @@ def _start_processor(hub: Hub) -> ProcessorLink:
     hub.intake.process_elsewhere(link, turns.turn if turns is not None else None)
     hub.routing.reloaded = link.reload_routes
     return link
-
-
-def freeze_startup_objects() -> None:
-    """For a long-running process, once it is set up: what it made at start (modules, schemas, the MPI
-    model, the route table) lives until it exits, so the cyclic garbage collector stops scanning it; its
-    full collections — pauses of the whole process — then scan only what was made since. Measured
-    (`bench/delivery_throughput.py`, SQLite, 500 msg/s, five pairs): ACK→delivery p99 74–82 → 43–62 ms,
-    ACK p99 27–31 → 20–26 ms, CPU unchanged."""
-    gc.collect()
-    gc.freeze()
 
 
 async def serve(hub: Hub, started: asyncio.Event | None = None) -> None:

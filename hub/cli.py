@@ -36,7 +36,8 @@ def main() -> None:
 @click.option("--pid-file", type=click.Path(dir_okay=False, path_type=Path), help="HUB_PID_FILE (default <data dir>/hub.pid)")
 def serve(**options: object) -> None:
     """Run the HTTP API and the MLLP listener (applies database migrations first)."""
-    from hub.bootstrap import build, freeze_startup_objects, serve as run
+    from hub.bootstrap import build, serve as run
+    from hub.heap import freeze_startup_objects
 
     settings = _settings(**options)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -122,6 +122,7 @@ def run_import(
         click.echo(f"error: {exc}", err=True)
         return 1
     from hub.bootstrap import build
+    from hub.heap import freeze_startup_objects
     from hub.store.deferred import indexes_built_after, worth_deferring
     from hub.store.migrate import upgrade
 
@@ -134,7 +135,7 @@ def run_import(
         # A batch process that allocates millions of short-lived objects without cycles: the cyclic
         # GC's full scans cost ~30 % of mapping time at the default thresholds. Freeze what startup
         # made and collect the young generation less often (memory stays flat: refcounting frees rows).
-        gc.freeze()
+        freeze_startup_objects()
         gc.set_threshold(50_000, 20, 100)
     except Exception as exc:  # noqa: BLE001 — only the class: driver messages can quote values
         click.echo(f"error: the database is not usable ({type(exc).__name__})", err=True)

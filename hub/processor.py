@@ -174,8 +174,9 @@ def child_main(conn: Connection, settings_values: dict[str, Any]) -> None:
 
 
 def _process_until_parent_leaves(conn: Connection, settings: Any) -> None:
-    from hub.bootstrap import freeze_startup_objects, inbound_readers, load_route_table
+    from hub.bootstrap import inbound_readers, load_route_table
     from hub.delivery.outbox import Routing, RoutingUnitOfWork
+    from hub.heap import freeze_startup_objects
     from hub.mpi.service import use_model_file
     from hub.pipeline import process_pending
     from hub.routing.reload import swap_routes
