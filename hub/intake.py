@@ -34,7 +34,9 @@ processing has come. FHIR writes are still stored and processed together here.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import heapq
 import logging
 import threading
@@ -94,41 +96,88 @@ class Senders:
             self._answered[task] = time.monotonic()
 
 
-class HeldTurn:
-    """The writer thread's turn on the database, kept across the writer calls that queue while it holds
-    it (for at most `hold` seconds): storing, delivery's claims and its answers each waited a whole
-    turn of the processing process when each took the turn on its own (SQLite with a processing process:
-    3 ms a call, the writer thread ~90 % waiting at 500 msg/s; ACKs of ~16 ms)."""
+class WriterCalls:
+    """Blocking calls for the one writer thread, run in order, in batches that take the database turn once:
+    a batch runs every call that queued while it ran, for at most `hold` seconds, then gives the turn back
+    (the other process's turn) and goes on. With SQLite and a processing process, storing, delivery's claims
+    and its answers each waited a whole processing turn when each took the turn on its own (3 ms a call,
+    the writer thread ~90 % waiting at 500 msg/s, ACKs of ~16 ms). The turn is always given back when the
+    queue is empty: a caller that stops waiting (cancelled) cannot leave it held."""
 
-    def __init__(self, turn: Callable[[], contextlib.AbstractContextManager[Any]], hold: float = 0.01) -> None:
-        self._turn = turn
+    def __init__(
+        self, executor: ThreadPoolExecutor, turn: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+        hold: float = 0.01,
+    ) -> None:
+        self._executor = executor
+        self.turn = turn
         self._hold = hold
-        self._queued = 0
+        self._queue: collections.deque[tuple[Callable[[], Any], asyncio.Future[Any]]] = collections.deque()
         self._lock = threading.Lock()
-        self._held: contextlib.AbstractContextManager[Any] | None = None
-        self._since = 0.0
+        self._draining = False
 
-    def queued(self) -> None:
-        """A call is on its way to the writer thread (called on the event loop)."""
+    async def run(self, call: Callable[..., T], *args: Any) -> T:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         with self._lock:
-            self._queued += 1
+            self._queue.append((functools.partial(call, *args), future))
+            start, self._draining = not self._draining, True
+        if start:
+            try:
+                self._executor.submit(self._drain)
+            except RuntimeError:  # shut down: nothing will run it
+                with self._lock:
+                    self._queue.clear()
+                    self._draining = False
+                raise
+        return await future
 
-    def run(self, call: Callable[..., T], *args: Any) -> T:
-        """On the writer thread: the call, in the turn (taken now unless still held)."""
-        with self._lock:
-            self._queued -= 1
-        if self._held is None:
-            held = self._turn()
-            held.__enter__()
-            self._held, self._since = held, time.monotonic()
-        try:
-            return call(*args)
-        finally:
+    def _drain(self) -> None:
+        """On the writer thread, until the queue is empty."""
+        while True:
+            try:
+                with self.turn():
+                    if self._run_for(self._hold):
+                        return
+            except Exception as exc:  # noqa: BLE001 — the turn could not be taken: its callers hear why
+                self._fail_all(exc)
+                return
+
+    def _run_for(self, seconds: float) -> bool:
+        """Run queued calls (one at least) for about `seconds`; True once the queue is empty (and marked so)."""
+        until, first = time.monotonic() + seconds, True
+        while True:
             with self._lock:
-                more = self._queued > 0
-            if not more or time.monotonic() - self._since > self._hold:
-                held, self._held = self._held, None
-                held.__exit__(None, None, None)
+                if not self._queue:
+                    self._draining = False
+                    return True
+                if not first and time.monotonic() > until:
+                    return False
+                call, future = self._queue.popleft()
+            first = False
+            try:
+                _answer(future, call(), None)
+            except Exception as exc:  # noqa: BLE001 — the caller's to handle
+                _answer(future, None, exc)
+
+    def _fail_all(self, exc: Exception) -> None:
+        with self._lock:
+            failed, self._draining = list(self._queue), False
+            self._queue.clear()
+        for _, future in failed:
+            _answer(future, None, exc)
+
+
+def _answer(future: asyncio.Future[Any], result: Any, exc: Exception | None) -> None:
+    """From the writer thread: the result (or the exception) to the caller awaiting on its event loop."""
+
+    def settle() -> None:
+        if future.done():  # the caller stopped waiting
+            return
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+    future.get_loop().call_soon_threadsafe(settle)
 
 
 class Intake:
@@ -178,6 +227,9 @@ class Intake:
         self._idle_poll = idle_poll
         self._queue: asyncio.Queue[tuple[InboundMessage, asyncio.Future[Outcome]]] = asyncio.Queue()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-writer")
+        self._writer_calls = WriterCalls(self._writer)
+        """Every call on the writer thread goes through here (SQLite with a processing process: in the
+        turns both processes take)."""
         self._task: asyncio.Task[None] | None = None
         self._watermark = threading.Condition()
         self._stored_upto = 0
@@ -189,8 +241,6 @@ class Intake:
         self._work_to_do = True  # messages left pending by an earlier run are processed first
         self._elsewhere: Any = None
         """The processing process's link (`hub.processor.ProcessorLink`), when processing runs there."""
-        self._writer_turn = HeldTurn(contextlib.nullcontext)
-        """Held around writer calls (SQLite with a processing process: the turns both processes take)."""
         self._recovered = threading.Event()
         """Set once processing first found nothing pending: until then reads also wait for messages an
         earlier run stored (the watermarks only know this run's)."""
@@ -210,7 +260,7 @@ class Intake:
         must take turns writing (SQLite, `hub.store.engine.WriterTurns`)."""
         self._elsewhere = link
         if turn is not None:
-            self._writer_turn = HeldTurn(turn)
+            self._writer_calls.turn = turn
 
     @property
     def processing_ready(self) -> bool:
@@ -238,8 +288,7 @@ class Intake:
     async def on_writer(self, call: Callable[..., T], *args: Any) -> T:
         """Run a blocking call on the writer thread, between storing and processing slices (one
         SQLite writer: other writes queue here rather than wait on the database's lock)."""
-        self._writer_turn.queued()
-        return await asyncio.get_running_loop().run_in_executor(self._writer, self._writer_turn.run, call, *args)
+        return await self._writer_calls.run(call, *args)
 
     async def drain(self) -> None:
         """Wait until everything stored so far has been processed (CLI ingestion, tests)."""
