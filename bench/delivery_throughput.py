@@ -229,7 +229,8 @@ def run(
                                       cwd=REPO, env=env, stdout=open(work / "worker.log", "wb"), stderr=subprocess.STDOUT,
                                       start_new_session=True)
             time.sleep(3)  # dramatiq boots its processes
-        started, cpu_at_start = time.time(), _tree_cpu([hub.pid] + ([worker.pid] if worker else []))
+        hub_processes = [hub.pid] + ([worker.pid] if worker else [])
+        started, cpu_at_start = time.time(), _tree_cpu(hub_processes)
         progress = _Progress(f"http://127.0.0.1:{http_port}", arrivals_file.with_suffix(".count"), started, verbose)
         progress.start()
         acked, ack_ms = asyncio.run(send(mllp_port, total, connections, rate, adt_only))
@@ -242,8 +243,8 @@ def run(
                     break
             time.sleep(0.05)
         progress.stop = True
+        hub_cpu = _tree_cpu(hub_processes) - cpu_at_start
     finally:
-        hub_cpu = _tree_cpu([hub.pid] + ([worker.pid] if worker else [])) - cpu_at_start
         if worker is not None:
             os.killpg(worker.pid, signal.SIGTERM)
             worker.wait(60)
@@ -297,6 +298,8 @@ def _stages(database_url: str) -> dict[str, float]:
     sys.path.insert(0, str(REPO))
     from sqlalchemy import create_engine, text
 
+    from hub.store.driver import datetime_value
+
     engine = create_engine(database_url)
     try:
         with engine.connect() as conn:
@@ -308,20 +311,10 @@ def _stages(database_url: str) -> dict[str, float]:
         engine.dispose()
     figures: dict[str, float] = {}
     for label, first, then in (("stored_to_routed", 0, 1), ("routed_to_delivered", 1, 2)):
-        spans = sorted(_seconds(row[then], row[first]) * 1000 for row in rows)
+        spans = sorted((datetime_value(row[then]) - datetime_value(row[first])).total_seconds() * 1000 for row in rows)
         figures[f"{label}_ms_p50"] = round(statistics.median(spans), 1)
         figures[f"{label}_ms_p99"] = round(spans[int(len(spans) * 0.99) - 1], 1)
     return figures
-
-
-def _seconds(later: object, earlier: object) -> float:
-    """SQLite returns timestamps as text, PostgreSQL as datetimes."""
-    from datetime import datetime
-
-    def as_datetime(value: object) -> datetime:
-        return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-
-    return (as_datetime(later) - as_datetime(earlier)).total_seconds()
 
 
 def engine_only(total: int, db: str) -> dict[str, object]:
