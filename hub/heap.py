@@ -1,4 +1,4 @@
-"""The garbage collector in long-running processes (`hub serve`, its processing process, `hub worker`)."""
+"""The garbage collector in long-running processes (`hub serve`, its processing process, `hub import-csv`)."""
 
 from __future__ import annotations
 
