@@ -45,11 +45,10 @@ def _ports_below_ephemeral_range() -> Iterator[int]:
     except (OSError, ValueError, IndexError):
         low = 32768
     floor = max(1024, low - 12000)
-    if low - floor < 1000:  # a host whose ephemeral range starts very low: no port is safe, so be plain
-        floor, low = 20000, 30000
-    start = floor + (os.getpid() * 7919) % (low - floor)  # a different walk for each test process
-    for offset in range(low - floor):
-        yield floor + (start - floor + offset) % (low - floor)
+    span = max(low - floor, 1000)  # an ephemeral range that starts below 2024 leaves no safe ports: walk some anyway
+    start = os.getpid() * 7919 % span  # two test runs on one machine walk different ports
+    for offset in range(span):
+        yield floor + (start + offset) % span
 
 
 _candidate_ports = _ports_below_ephemeral_range()
